@@ -1,0 +1,87 @@
+"""The `oracle` command: serve, migrate, import, and the model's jobs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from oracle.core.db import DEFAULT_DATABASE_URL, is_sqlite, redacted, upgrade
+
+app = typer.Typer(
+    help="The Oracle: tells each SOM training whether it is worth finishing.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+DatabaseOption = Annotated[
+    str,
+    typer.Option(envvar="DATABASE_URL", help="SQLAlchemy URL; postgresql://... or sqlite:///..."),
+]
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(envvar="HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="PORT")] = 8000,
+    workers: Annotated[int, typer.Option(envvar="WEB_CONCURRENCY", min=1)] = 1,
+    database_url: DatabaseOption = DEFAULT_DATABASE_URL,
+) -> None:
+    """Serve the API (migrating a SQLite database first)."""
+    import uvicorn
+
+    from oracle.service.settings import Settings, is_loopback
+
+    os.environ["DATABASE_URL"] = database_url
+    settings = Settings()
+    if not (settings.tokens or settings.tokens_file) and not is_loopback(host):
+        typer.echo(
+            f"refusing to serve on {host} without tokens: set ORACLE_TOKENS "
+            "(e.g. 'worker:…,admin:…,reader:…') or ORACLE_TOKENS_FILE, or bind to 127.0.0.1",
+            err=True,
+        )
+        raise typer.Exit(2)
+    if not (settings.tokens or settings.tokens_file):
+        typer.echo(f"no tokens configured: authentication is off, serving on {host} only", err=True)
+    if is_sqlite(database_url):
+        upgrade(database_url)
+    uvicorn.run(
+        "oracle.service.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+@app.command()
+def migrate(database_url: DatabaseOption = DEFAULT_DATABASE_URL) -> None:
+    """`alembic upgrade head` on DATABASE_URL."""
+    upgrade(database_url)
+    typer.echo(f"migrated {redacted(database_url)} to head")
+
+
+@app.command("import")
+def import_(
+    files: Annotated[list[Path], typer.Argument(exists=True, help="JSONL, JSON, CSV or folders")],
+    study: Annotated[
+        str | None, typer.Option(help="Study for runs that name none (default: by data set)")
+    ] = None,
+    database_url: DatabaseOption = DEFAULT_DATABASE_URL,
+) -> None:
+    """Load finished histories: JSON lines of runs, the seed's JSON histories or dataset CSV."""
+    from oracle.importer import import_paths
+
+    upgrade(database_url)
+    summary = import_paths(database_url, files, default_study=study)
+    typer.echo(summary.describe())
+    if summary.errors:
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,149 @@
+"""Engines and session factories for SQLite (WAL) and Postgres, and the migration entry point."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+DEFAULT_DATABASE_URL = "sqlite:///./var/oracle.db"
+
+
+def normalize_url(url: str) -> str:
+    """Accept the plain `postgresql://` spelling that every tool prints and use psycopg 3."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(normalize_url(url)).get_backend_name() == "sqlite"
+
+
+def _sqlite_file(url: str) -> Path | None:
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        return None
+    return Path(database)
+
+
+def _configure_sqlite(engine: Engine, *, immediate: bool, busy_timeout_ms: int) -> None:
+    # pysqlite's own transaction handling is off, so that we emit BEGIN ourselves: a writer
+    # must take the write lock at BEGIN (IMMEDIATE), or a read-then-write transaction in WAL
+    # fails with "database is locked" at once when another process wrote in between, and
+    # busy_timeout never gets the chance to wait.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        # FULL: a commit is on disk before the worker hears its decision (WAL + NORMAL can
+        # lose the last transactions on power loss, which would break "nothing acknowledged
+        # is ever lost").
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.close()
+
+    begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql(begin)
+
+
+def make_engine(
+    url: str, *, writer: bool = True, busy_timeout_ms: int = 10_000, pool_size: int = 5
+) -> Engine:
+    """An engine for `url`. For SQLite, `writer` engines take the write lock at BEGIN."""
+    url = normalize_url(url)
+    if is_sqlite(url):
+        path = _sqlite_file(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000},
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            pool_pre_ping=False,
+        )
+        _configure_sqlite(engine, immediate=writer, busy_timeout_ms=busy_timeout_ms)
+        return engine
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_timeout=5,
+        # A request must fail fast with 503 while Postgres is down, not hang.
+        connect_args={"connect_timeout": 3},
+    )
+
+
+@dataclass(frozen=True)
+class Database:
+    """The engines of one process: writes and reads (one engine for both on Postgres)."""
+
+    url: str
+    write_engine: Engine
+    read_engine: Engine
+    writes: sessionmaker[Session]
+    reads: sessionmaker[Session]
+
+    @classmethod
+    def connect(cls, url: str, *, pool_size: int = 5) -> Database:
+        url = normalize_url(url)
+        write_engine = make_engine(url, writer=True, pool_size=pool_size)
+        read_engine = (
+            make_engine(url, writer=False, pool_size=pool_size) if is_sqlite(url) else write_engine
+        )
+        return cls(
+            url=url,
+            write_engine=write_engine,
+            read_engine=read_engine,
+            writes=sessionmaker(write_engine, expire_on_commit=False),
+            reads=sessionmaker(read_engine, expire_on_commit=False),
+        )
+
+    @property
+    def backend(self) -> str:
+        return self.write_engine.dialect.name
+
+    def dispose(self) -> None:
+        self.write_engine.dispose()
+        if self.read_engine is not self.write_engine:
+            self.read_engine.dispose()
+
+
+def alembic_config(url: str) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", normalize_url(url).replace("%", "%%"))
+    return config
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """`alembic upgrade head` on `url`: the only way the schema comes into a database."""
+    from alembic import command
+
+    url = normalize_url(url)
+    if is_sqlite(url):
+        path = _sqlite_file(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    command.upgrade(alembic_config(url), revision)
+
+
+def redacted(url: str) -> str:
+    """The URL with its password hidden, for logs."""
+    return make_url(normalize_url(url)).render_as_string(hide_password=True)

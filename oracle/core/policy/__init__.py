@@ -1,0 +1,33 @@
+"""Decision policies: one small class each, asked in order until one answers."""
+
+from oracle.core.policy.base import Policy, Predictor, Prediction, Situation, Verdict, decide
+from oracle.core.policy.guard import GuardPolicy
+from oracle.core.policy.median import MedianPolicy
+from oracle.core.policy.never import NeverStopPolicy
+from oracle.core.policy.oracle import OraclePolicy
+from oracle.core.policy.warmup import WarmupPolicy
+
+__all__ = [
+    "GuardPolicy",
+    "MedianPolicy",
+    "NeverStopPolicy",
+    "OraclePolicy",
+    "Policy",
+    "Prediction",
+    "Predictor",
+    "Situation",
+    "Verdict",
+    "WarmupPolicy",
+    "chain_for",
+    "decide",
+]
+
+
+def chain_for(decider: str) -> tuple[Policy, ...]:
+    """The policies of a study's `decider` setting, in the order they are asked."""
+    head: tuple[Policy, ...] = (GuardPolicy(), WarmupPolicy())
+    if decider == "never":
+        return (GuardPolicy(), NeverStopPolicy())
+    if decider == "median":
+        return (*head, MedianPolicy())
+    return (*head, OraclePolicy(), MedianPolicy())

@@ -1,0 +1,95 @@
+"""The common shape of a policy: a pure `decide(situation) -> Verdict | None`."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Literal, Protocol
+
+import numpy as np
+
+from oracle.core.reference import Thresholds
+from oracle.core.scoring import StudyPolicy
+
+Action = Literal["continue", "stop"]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A model's forecast of a run's final metrics and of its final score's distribution."""
+
+    final: tuple[float, float, float]  # mqe, topographic_error, dead_neuron_ratio
+    score: float
+    # Quantile levels → predicted final score at that level (e.g. {0.1: .., 0.5: .., 0.9: ..}).
+    score_quantiles: dict[float, float]
+    model_version: str
+
+    def interval(self, coverage: float = 0.8) -> tuple[float, float]:
+        lo, hi = (1 - coverage) / 2, 1 - (1 - coverage) / 2
+        return self.quantile(lo), self.quantile(hi)
+
+    def quantile(self, level: float) -> float:
+        levels = np.array(sorted(self.score_quantiles))
+        values = np.array([self.score_quantiles[q] for q in levels])
+        return float(np.interp(level, levels, values))
+
+
+class Predictor(Protocol):
+    """What a loaded model offers the policies; the service's holder provides one."""
+
+    version: str
+
+    def predict(self, history: np.ndarray, weights: Sequence[float]) -> Prediction: ...
+
+
+@dataclass(frozen=True)
+class Situation:
+    """Everything a policy may look at for one checkpoint of one run."""
+
+    epoch: int
+    max_epochs: int
+    history: np.ndarray  # (n, 4): progress, mqe, te, dead; NaN = non-finite; last row = now
+    policy: StudyPolicy
+    thresholds: Thresholds
+    predictor: Predictor | None = None
+
+    @property
+    def progress(self) -> float:
+        return self.epoch / self.max_epochs
+
+    def scores(self) -> np.ndarray:
+        return self.policy.weights.scores(self.history[:, 1:4])
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: Action
+    policy: str
+    reason: str
+    threshold: float | None = None
+    prediction: Prediction | None = None
+
+
+class Policy(ABC):
+    """One decision rule. `decide` returns None when the rule has nothing to say."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def decide(self, situation: Situation) -> Verdict | None: ...
+
+
+def decide(chain: Sequence[Policy], situation: Situation) -> Verdict:
+    """Ask each policy in turn; the last one of a chain must always answer."""
+    for policy in chain:
+        verdict = policy.decide(situation)
+        if verdict is not None:
+            return verdict
+    return Verdict("continue", "warmup", "no policy had grounds to stop the run")
+
+
+def fmt(value: float) -> str:
+    if not np.isfinite(value) or abs(value) >= 1e29:
+        return "inf"
+    return f"{value:.4g}"

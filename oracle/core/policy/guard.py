@@ -1,0 +1,21 @@
+"""Answers what needs no comparison: a diverged map stops, a finished one continues."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from oracle.core.policy.base import Policy, Situation, Verdict
+
+
+class GuardPolicy(Policy):
+    name = "guard"
+
+    def decide(self, situation: Situation) -> Verdict | None:
+        if not np.all(np.isfinite(situation.history[-1, 1:4])):
+            # The contract names this reason exactly: workers match on it.
+            return Verdict("stop", self.name, "diverged")
+        if situation.epoch >= situation.max_epochs:
+            return Verdict(
+                "continue", self.name, "the run reached max_epochs; finish it as completed"
+            )
+        return None

@@ -1,0 +1,427 @@
+"""Reads and writes of studies, runs and checkpoints. Takes a session, flushes, never commits."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from oracle.core.errors import Conflict, NotFound
+from oracle.core.scoring import StudyPolicy
+from oracle.core.tables import Checkpoint, Run, Study, utcnow
+
+RUN_STATUSES = ("running", "completed", "stopped", "failed")
+FINISHED_STATUSES = ("completed", "stopped", "failed")
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """Non-finite metrics (null, NaN, ±Infinity) are stored as NULL: 'not a number'."""
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    mqe: float | None
+    topographic_error: float | None
+    dead_neuron_ratio: float | None
+
+    @classmethod
+    def of(cls, mqe: float | None, te: float | None, dead: float | None) -> Metrics:
+        return cls(finite_or_none(mqe), finite_or_none(te), finite_or_none(dead))
+
+    @property
+    def finite(self) -> bool:
+        return None not in (self.mqe, self.topographic_error, self.dead_neuron_ratio)
+
+    def as_dict(self) -> dict[str, float | None]:
+        return {
+            "mqe": self.mqe,
+            "topographic_error": self.topographic_error,
+            "dead_neuron_ratio": self.dead_neuron_ratio,
+        }
+
+
+def _insert(session: Session) -> Any:
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+# --- studies ---------------------------------------------------------------------------------
+
+
+def find_study(session: Session, study_id: str) -> Study | None:
+    return session.scalar(select(Study).where(Study.study_id == study_id))
+
+
+def get_study(session: Session, study_id: str) -> Study:
+    study = find_study(session, study_id)
+    if study is None:
+        raise NotFound(f"study {study_id!r} does not exist")
+    return study
+
+
+def ensure_study(session: Session, study_id: str) -> Study:
+    """The study, created with the default policy if it does not exist (race-free)."""
+    study = find_study(session, study_id)
+    if study is not None:
+        return study
+    now = utcnow()
+    session.execute(
+        _insert(session)(Study)
+        .values(
+            study_id=study_id,
+            description=None,
+            policy=StudyPolicy().model_dump(mode="json"),
+            reference_runs=0,
+            created_at=now,
+            updated_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["study_id"])
+    )
+    return get_study(session, study_id)
+
+
+def put_study(
+    session: Session,
+    study_id: str,
+    *,
+    description: str | None,
+    policy: StudyPolicy | None,
+    description_given: bool,
+) -> tuple[Study, bool]:
+    """Create or update a study; returns it and whether it was created."""
+    study = find_study(session, study_id)
+    created = study is None
+    study = ensure_study(session, study_id)
+    if description_given:
+        study.description = description
+    if policy is not None:
+        study.policy = policy.model_dump(mode="json")
+    if description_given or policy is not None:
+        study.updated_at = utcnow()
+    session.flush()
+    return study, created
+
+
+def study_policy(study: Study) -> StudyPolicy:
+    return StudyPolicy.model_validate(study.policy)
+
+
+def list_studies(session: Session) -> list[tuple[Study, dict[str, int]]]:
+    counts: dict[int, dict[str, int]] = {}
+    for study_pk, status, n in session.execute(
+        select(Run.study_pk, Run.status, func.count()).group_by(Run.study_pk, Run.status)
+    ):
+        counts.setdefault(study_pk, {})[status] = n
+    studies = session.scalars(select(Study).order_by(Study.study_id)).all()
+    return [(s, run_counts(counts.get(s.pk, {}))) for s in studies]
+
+
+def study_run_counts(session: Session, study: Study) -> dict[str, int]:
+    rows = session.execute(
+        select(Run.status, func.count()).where(Run.study_pk == study.pk).group_by(Run.status)
+    )
+    return run_counts({status: n for status, n in rows})
+
+
+def run_counts(by_status: dict[str, int]) -> dict[str, int]:
+    counts = {status: by_status.get(status, 0) for status in RUN_STATUSES}
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+# --- runs ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What a worker says about a run when it starts it."""
+
+    study_id: str
+    max_epochs: int
+    config: dict[str, Any] | None = None
+    dataset: str | None = None
+
+
+def find_run(session: Session, run_id: str) -> Run | None:
+    return session.scalar(select(Run).where(Run.run_id == run_id))
+
+
+def get_run(session: Session, run_id: str) -> Run:
+    run = find_run(session, run_id)
+    if run is None:
+        raise NotFound(f"run {run_id!r} does not exist")
+    return run
+
+
+def _same_spec(run: Run, study: Study, spec: RunSpec) -> bool:
+    return (
+        study.study_id == spec.study_id
+        and run.max_epochs == spec.max_epochs
+        and run.config == spec.config
+        and run.dataset == spec.dataset
+    )
+
+
+def create_run(session: Session, run_id: str, spec: RunSpec) -> tuple[Run, bool]:
+    """Create the run, or return the stored one if the same body was sent before.
+
+    Returns the run and whether it was created; a different body for a stored id is a
+    Conflict.
+    """
+    existing = find_run(session, run_id)
+    if existing is None:
+        study = ensure_study(session, spec.study_id)
+        run = Run(
+            run_id=run_id,
+            study_pk=study.pk,
+            max_epochs=spec.max_epochs,
+            config=spec.config,
+            dataset=spec.dataset,
+            status="running",
+            n_checkpoints=0,
+            created_at=utcnow(),
+        )
+        try:
+            with session.begin_nested():
+                session.add(run)
+                session.flush()
+        except IntegrityError as e:
+            # Another process created the same id between our read and our insert.
+            existing = find_run(session, run_id)
+            if existing is None:
+                raise Conflict(f"run {run_id!r} could not be created: {e.orig}") from e
+        else:
+            return run, True
+    study = session.get_one(Study, existing.study_pk)
+    if not _same_spec(existing, study, spec):
+        raise Conflict(
+            f"run {run_id!r} exists with another body (study {study.study_id!r}, "
+            f"max_epochs {existing.max_epochs}); choose another run_id"
+        )
+    return existing, False
+
+
+def study_of(session: Session, run: Run) -> Study:
+    return session.get_one(Study, run.study_pk)
+
+
+@dataclass(frozen=True)
+class RunPage:
+    runs: Sequence[tuple[Run, str]]
+    next_cursor: int | None
+
+
+def list_runs(
+    session: Session,
+    *,
+    study_id: str | None,
+    status: str | None,
+    limit: int,
+    before_pk: int | None,
+) -> RunPage:
+    """Runs newest first, keyset-paged by the run's surrogate key."""
+    query = select(Run, Study.study_id).join(Study, Study.pk == Run.study_pk)
+    if study_id is not None:
+        study = get_study(session, study_id)
+        query = query.where(Run.study_pk == study.pk)
+    if status is not None:
+        query = query.where(Run.status == status)
+    if before_pk is not None:
+        query = query.where(Run.pk < before_pk)
+    rows = session.execute(query.order_by(Run.pk.desc()).limit(limit + 1)).all()
+    page = [(run, sid) for run, sid in rows[:limit]]
+    next_cursor = page[-1][0].pk if len(rows) > limit else None
+    return RunPage(page, next_cursor)
+
+
+# --- checkpoints -----------------------------------------------------------------------------
+
+
+def find_checkpoint(session: Session, run_pk: int, epoch: int) -> Checkpoint | None:
+    return session.get(Checkpoint, (run_pk, epoch))
+
+
+def checkpoints_of(session: Session, run_pk: int) -> Sequence[Checkpoint]:
+    return session.scalars(
+        select(Checkpoint).where(Checkpoint.run_pk == run_pk).order_by(Checkpoint.epoch)
+    ).all()
+
+
+def history_of(session: Session, run_pk: int) -> Sequence[Row[Any]]:
+    """(epoch, mqe, te, dead) of a run's stored checkpoints, in epoch order: the hot read."""
+    return session.execute(
+        select(
+            Checkpoint.epoch,
+            Checkpoint.mqe,
+            Checkpoint.topographic_error,
+            Checkpoint.dead_neuron_ratio,
+        )
+        .where(Checkpoint.run_pk == run_pk)
+        .order_by(Checkpoint.epoch)
+    ).all()
+
+
+def insert_checkpoint(session: Session, run: Run, values: dict[str, Any]) -> None:
+    """Store one checkpoint with its decision and advance the run, atomically.
+
+    The run row is advanced with a guarded UPDATE, so two processes racing on the same run
+    cannot both store an epoch that is not above the last one.
+    """
+    epoch = values["epoch"]
+    advanced = session.execute(
+        update(Run)
+        .where(
+            Run.pk == run.pk,
+            Run.status == "running",
+            (Run.last_epoch.is_(None)) | (Run.last_epoch < epoch),
+        )
+        .values(last_epoch=epoch, n_checkpoints=Run.n_checkpoints + 1)
+        .execution_options(synchronize_session=False)
+    )
+    if advanced.rowcount != 1:  # type: ignore[attr-defined]
+        raise Conflict(
+            f"run {run.run_id!r} moved on while epoch {epoch} was being stored; retry"
+        )
+    session.execute(_insert(session)(Checkpoint).values(run_pk=run.pk, **values))
+
+
+def ensure_can_record(run: Run, epoch: int) -> None:
+    if run.status != "running":
+        raise Conflict(f"run {run.run_id!r} has ended ({run.status}); it takes no checkpoints")
+    if epoch > run.max_epochs:
+        raise Conflict(f"epoch {epoch} is above the run's max_epochs {run.max_epochs}")
+    if run.last_epoch is not None and epoch < run.last_epoch:
+        raise Conflict(
+            f"epoch {epoch} is below the run's last stored epoch {run.last_epoch}; "
+            "epochs must increase"
+        )
+
+
+def same_metrics(stored: Checkpoint, metrics: Metrics, wall_s: float | None) -> bool:
+    return (
+        stored.mqe == metrics.mqe
+        and stored.topographic_error == metrics.topographic_error
+        and stored.dead_neuron_ratio == metrics.dead_neuron_ratio
+        and stored.wall_s == wall_s
+    )
+
+
+# --- finishing -------------------------------------------------------------------------------
+
+
+def finish_run(
+    session: Session, run: Run, status: str, final: Metrics | None
+) -> tuple[Run, bool]:
+    """End a run; returns it and whether this call changed it (False: an identical retry)."""
+    if status not in FINISHED_STATUSES:
+        raise Conflict(f"status must be one of {FINISHED_STATUSES}, not {status!r}")
+    if final is None:
+        last = (
+            find_checkpoint(session, run.pk, run.last_epoch)
+            if run.last_epoch is not None
+            else None
+        )
+        final = (
+            Metrics(last.mqe, last.topographic_error, last.dead_neuron_ratio)
+            if last is not None
+            else Metrics(None, None, None)
+        )
+    if run.status != "running":
+        stored = Metrics(run.final_mqe, run.final_topographic_error, run.final_dead_neuron_ratio)
+        if run.status == status and stored == final:
+            return run, False
+        raise Conflict(
+            f"run {run.run_id!r} already ended as {run.status} with other final values"
+        )
+    run.status = status
+    run.final_mqe = final.mqe
+    run.final_topographic_error = final.topographic_error
+    run.final_dead_neuron_ratio = final.dead_neuron_ratio
+    run.finished_at = utcnow()
+    if status == "completed" and run.last_epoch == run.max_epochs:
+        # Completed at max_epochs: the run joins its study's reference set (median rule,
+        # percentile thresholds) and becomes training data.
+        seq = session.execute(
+            update(Study)
+            .where(Study.pk == run.study_pk)
+            .values(reference_runs=Study.reference_runs + 1)
+            .returning(Study.reference_runs)
+            .execution_options(synchronize_session=False)
+        ).scalar_one()
+        run.reference_seq = seq
+    session.flush()
+    return run, True
+
+
+# --- the reference set -----------------------------------------------------------------------
+
+
+def reference_count(session: Session, study_pk: int) -> int:
+    return session.execute(
+        select(Study.reference_runs).where(Study.pk == study_pk)
+    ).scalar_one()
+
+
+def reference_histories_since(
+    session: Session, study_pk: int, after_seq: int
+) -> list[tuple[int, int, list[tuple[int, float | None, float | None, float | None]], Metrics]]:
+    """Reference runs of a study that joined after `after_seq`, with their histories.
+
+    Walks the (study_pk, reference_seq) index and the checkpoints' primary key: the cost is
+    the new runs only, never a scan of the study.
+    """
+    runs = session.execute(
+        select(
+            Run.pk,
+            Run.reference_seq,
+            Run.max_epochs,
+            Run.final_mqe,
+            Run.final_topographic_error,
+            Run.final_dead_neuron_ratio,
+        )
+        .where(Run.study_pk == study_pk, Run.reference_seq > after_seq)
+        .order_by(Run.reference_seq)
+    ).all()
+    if not runs:
+        return []
+    by_run: dict[int, list[tuple[int, float | None, float | None, float | None]]] = {
+        r.pk: [] for r in runs
+    }
+    for chunk_start in range(0, len(runs), 500):
+        pks = [r.pk for r in runs[chunk_start : chunk_start + 500]]
+        for row in session.execute(
+            select(
+                Checkpoint.run_pk,
+                Checkpoint.epoch,
+                Checkpoint.mqe,
+                Checkpoint.topographic_error,
+                Checkpoint.dead_neuron_ratio,
+            )
+            .where(Checkpoint.run_pk.in_(pks))
+            .order_by(Checkpoint.run_pk, Checkpoint.epoch)
+        ):
+            by_run[row.run_pk].append(
+                (row.epoch, row.mqe, row.topographic_error, row.dead_neuron_ratio)
+            )
+    return [
+        (
+            r.reference_seq,
+            r.max_epochs,
+            by_run[r.pk],
+            Metrics(r.final_mqe, r.final_topographic_error, r.final_dead_neuron_ratio),
+        )
+        for r in runs
+    ]
+
+
+def last_activity(session: Session) -> datetime | None:
+    return session.scalar(select(func.max(Run.created_at)))

@@ -1,0 +1,1 @@
+"""The HTTP service: API, decision serving, model hot swap, health and metrics."""

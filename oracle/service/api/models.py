@@ -1,0 +1,65 @@
+"""Model versions in the registry; activating one moves the alias every process follows."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Request
+from structlog import get_logger
+
+from oracle.core import registry
+from oracle.core.errors import NotFound
+from oracle.core.tables import ModelVersion
+from oracle.service.auth import Principal, Role, require
+from oracle.service.schemas import ID_PATTERN, ModelList, ModelPublic
+from oracle.service.state import state_of
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+log = get_logger()
+
+
+def _public(row: ModelVersion, active: str | None) -> ModelPublic:
+    return ModelPublic(
+        version=row.version,
+        architecture=row.architecture,
+        status=row.status,
+        active=row.version == active,
+        reason=row.reason,
+        created_at=row.created_at,
+        metrics=dict(row.manifest.get("metrics", {})),
+    )
+
+
+@router.get("", response_model=ModelList)
+def list_models(request: Request, _: Principal = Depends(require(Role.reader))) -> ModelList:
+    with state_of(request).reading() as session:
+        active = registry.active_version(session)
+        return ModelList(
+            models=[_public(row, active) for row in registry.list_versions(session)],
+            active=active,
+        )
+
+
+@router.get("/active", response_model=ModelPublic)
+def get_active_model(
+    request: Request, _: Principal = Depends(require(Role.reader))
+) -> ModelPublic:
+    with state_of(request).reading() as session:
+        active = registry.active_version(session)
+        if active is None:
+            raise NotFound("no model version is active; decisions use the fallback policies")
+        return _public(registry.get_version(session, active), active)
+
+
+@router.post("/{version}/activate", response_model=ModelPublic)
+async def activate_model(
+    version: Annotated[str, Path(pattern=ID_PATTERN)],
+    request: Request,
+    who: Principal = Depends(require(Role.admin)),
+) -> ModelPublic:
+    """Point the active alias at `version` (also the rollback); every process swaps to it."""
+    with state_of(request).writing() as session:
+        row = registry.activate(session, version, by=who.name)
+        result = _public(row, version)
+    log.info("model_activated", version=version, by=who.name)
+    return result

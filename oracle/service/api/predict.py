@@ -1,0 +1,40 @@
+"""Stateless prediction for one partial history (the seed's `evaluate_model.py --sequence`)."""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request
+
+from oracle.core.errors import ModelUnavailable
+from oracle.core.reference import history_array
+from oracle.core.scoring import Weights
+from oracle.service.auth import Principal, Role, require
+from oracle.service.schemas import Metrics, PredictionPublic, PredictIn
+from oracle.service.state import state_of
+
+router = APIRouter(prefix="/v1", tags=["predict"])
+
+
+@router.post("/predict", response_model=PredictionPublic, responses={503: {"description": "no model"}})
+async def predict(
+    body: PredictIn, request: Request, _: Principal = Depends(require(Role.worker))
+) -> PredictionPublic:
+    predictor = state_of(request).models.current
+    if predictor is None:
+        raise ModelUnavailable("no model is active yet; decisions use the median rule meanwhile")
+    rows = list(
+        zip(body.epochs, body.mqe, body.topographic_error, body.dead_neuron_ratio, strict=True)
+    )
+    history = history_array(rows, body.max_epochs)
+    if not np.all(np.isfinite(history[:, 1:4])):
+        raise ModelUnavailable("the history has non-finite metrics (a diverged map): no forecast")
+    weights = body.weights or (Weights().mqe, Weights().topographic_error, Weights().dead_neuron_ratio)
+    p = predictor.predict(history, weights)
+    return PredictionPublic(
+        predicted_final=Metrics(
+            mqe=p.final[0], topographic_error=p.final[1], dead_neuron_ratio=p.final[2]
+        ),
+        predicted_score=p.score,
+        score_interval=p.interval(0.8),
+        model_version=p.model_version,
+    )

@@ -1,0 +1,93 @@
+"""Stored rows -> public response bodies."""
+
+from __future__ import annotations
+
+from oracle.core.tables import Checkpoint, Run, Study
+from oracle.service.schemas import (
+    CheckpointPublic,
+    Decision,
+    Metrics,
+    RunCounts,
+    RunPublic,
+    StudyPublic,
+)
+
+
+def study_public(study: Study, counts: dict[str, int]) -> StudyPublic:
+    return StudyPublic.model_validate(
+        {
+            "study_id": study.study_id,
+            "description": study.description,
+            "policy": study.policy,
+            "runs": RunCounts(**counts),
+            "created_at": study.created_at,
+            "updated_at": study.updated_at,
+        }
+    )
+
+
+def run_public(run: Run, study_id: str) -> RunPublic:
+    final = (
+        Metrics(
+            mqe=run.final_mqe,
+            topographic_error=run.final_topographic_error,
+            dead_neuron_ratio=run.final_dead_neuron_ratio,
+        )
+        if run.status != "running"
+        else None
+    )
+    return RunPublic(
+        run_id=run.run_id,
+        study_id=study_id,
+        max_epochs=run.max_epochs,
+        config=run.config,
+        dataset=run.dataset,
+        status=run.status,  # type: ignore[arg-type]
+        last_epoch=run.last_epoch,
+        n_checkpoints=run.n_checkpoints,
+        final=final,
+        created_at=run.created_at,
+        finished_at=run.finished_at,
+    )
+
+
+def decision_of(run_id: str, row: Checkpoint) -> Decision:
+    predicted = (
+        Metrics(
+            mqe=row.predicted_mqe,
+            topographic_error=row.predicted_topographic_error,
+            dead_neuron_ratio=row.predicted_dead_neuron_ratio,
+        )
+        if row.predicted_mqe is not None
+        else None
+    )
+    interval = (
+        (row.score_low, row.score_high)
+        if row.score_low is not None and row.score_high is not None
+        else None
+    )
+    return Decision(
+        run_id=run_id,
+        epoch=row.epoch,
+        action=row.action,  # type: ignore[arg-type]
+        reason=row.reason,
+        predicted_final=predicted,
+        predicted_score=row.predicted_score,
+        score_interval=interval,
+        threshold=row.threshold,
+        policy=row.policy,
+        model_version=row.model_version,
+    )
+
+
+def checkpoint_public(run_id: str, row: Checkpoint) -> CheckpointPublic:
+    return CheckpointPublic(
+        epoch=row.epoch,
+        progress=row.progress,
+        mqe=row.mqe,
+        topographic_error=row.topographic_error,
+        dead_neuron_ratio=row.dead_neuron_ratio,
+        wall_s=row.wall_s,
+        received_at=row.received_at,
+        decision=decision_of(run_id, row),
+    )

@@ -1,0 +1,152 @@
+"""Runs: one SOM training each; its checkpoints are answered with decisions."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+
+from oracle.core import store
+from oracle.core.errors import InvalidInput
+from oracle.service.api.present import checkpoint_public, run_public
+from oracle.service.auth import Principal, Role, require
+from oracle.service.decisions import record_checkpoint as answer_checkpoint
+from oracle.service.schemas import (
+    ID_PATTERN,
+    CheckpointIn,
+    Decision,
+    RunCreate,
+    RunDetail,
+    RunFinish,
+    RunPage,
+    RunPublic,
+)
+from oracle.service.state import state_of
+
+router = APIRouter(prefix="/v1/runs", tags=["runs"])
+RunId = Annotated[str, Path(pattern=ID_PATTERN)]
+
+
+def _spec(body: RunCreate) -> store.RunSpec:
+    return store.RunSpec(
+        study_id=body.study_id, max_epochs=body.max_epochs, config=body.config, dataset=body.dataset
+    )
+
+
+@router.put(
+    "/{run_id}",
+    response_model=RunPublic,
+    responses={201: {"model": RunPublic}, 409: {"description": "the id exists with another body"}},
+)
+async def put_run(
+    run_id: RunId,
+    body: RunCreate,
+    request: Request,
+    response: Response,
+    _: Principal = Depends(require(Role.worker)),
+) -> RunPublic:
+    """Start a run under a worker-chosen id; the same body again returns the stored run."""
+    with state_of(request).writing() as session:
+        run, created = store.create_run(session, run_id, _spec(body))
+        result = run_public(run, body.study_id)
+    response.status_code = 201 if created else 200
+    return result
+
+
+@router.post("", response_model=RunPublic, status_code=201)
+async def create_run(
+    body: RunCreate, request: Request, _: Principal = Depends(require(Role.worker))
+) -> RunPublic:
+    """Start a run under an id the server picks."""
+    run_id = f"run-{uuid.uuid4().hex}"
+    with state_of(request).writing() as session:
+        run, _created = store.create_run(session, run_id, _spec(body))
+        return run_public(run, body.study_id)
+
+
+@router.post(
+    "/{run_id}/checkpoints",
+    response_model=Decision,
+    responses={409: {"description": "conflicts with the stored history"}},
+)
+async def record_checkpoint(
+    run_id: RunId,
+    body: CheckpointIn,
+    request: Request,
+    _: Principal = Depends(require(Role.worker)),
+) -> Decision:
+    """Store a checkpoint and answer continue or stop. A retry gets the stored answer."""
+    # Done inline on the event loop, not in a thread pool: one writer per process is what
+    # SQLite does best, and it spares a thread hop on the hot path.
+    return answer_checkpoint(state_of(request), run_id, body)
+
+
+@router.post("/{run_id}/finish", response_model=RunPublic)
+async def finish_run(
+    run_id: RunId,
+    body: RunFinish,
+    request: Request,
+    _: Principal = Depends(require(Role.worker)),
+) -> RunPublic:
+    """End a run. Completed runs that reached max_epochs become reference and training data."""
+    final = (
+        store.Metrics.of(
+            body.final.mqe, body.final.topographic_error, body.final.dead_neuron_ratio
+        )
+        if body.final is not None
+        else None
+    )
+    with state_of(request).writing() as session:
+        run = store.get_run(session, run_id)
+        run, _changed = store.finish_run(session, run, body.status, final)
+        return run_public(run, store.study_of(session, run).study_id)
+
+
+@router.get("/{run_id}", response_model=RunDetail)
+def get_run(
+    run_id: RunId, request: Request, _: Principal = Depends(require(Role.reader))
+) -> RunDetail:
+    with state_of(request).reading() as session:
+        run = store.get_run(session, run_id)
+        public = run_public(run, store.study_of(session, run).study_id)
+        checkpoints = [checkpoint_public(run_id, c) for c in store.checkpoints_of(session, run.pk)]
+        return RunDetail(**public.model_dump(), checkpoints=checkpoints)
+
+
+@router.get("", response_model=RunPage)
+def list_runs(
+    request: Request,
+    study_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+    status: Literal["running", "completed", "stopped", "failed"] | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    _: Principal = Depends(require(Role.reader)),
+) -> RunPage:
+    """Runs newest first. Follow `next_cursor` for the next page."""
+    with state_of(request).reading() as session:
+        page = store.list_runs(
+            session, study_id=study_id, status=status, limit=limit, before_pk=_decode(cursor)
+        )
+        return RunPage(
+            runs=[run_public(run, sid) for run, sid in page.runs],
+            next_cursor=_encode(page.next_cursor) if page.next_cursor is not None else None,
+        )
+
+
+def _encode(pk: int) -> str:
+    return base64.urlsafe_b64encode(f"r{pk}".encode()).decode().rstrip("=")
+
+
+def _decode(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not text.startswith("r"):
+            raise ValueError(text)
+        return int(text[1:])
+    except (ValueError, binascii.Error, UnicodeDecodeError) as e:
+        raise InvalidInput("cursor is not one this service returned") from e

@@ -1,0 +1,81 @@
+"""The application factory: `uvicorn oracle.service.main:create_app --factory`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI
+
+from oracle import __version__
+from oracle.core.db import Database, redacted
+from oracle.service import errors, logs, metrics
+from oracle.service.api import health, models, predict, runs, studies
+from oracle.service.auth import TokenTable
+from oracle.service.limits import BodyLimit
+from oracle.service.reference_cache import ReferenceCache
+from oracle.service.serving.holder import ModelHolder
+from oracle.service.serving.loader import load_predictor
+from oracle.service.serving.reloader import Reloader
+from oracle.service.settings import Settings
+from oracle.service.state import AppState
+
+log = structlog.get_logger()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    logs.configure(settings.log_level, settings.log_format)
+    tokens = TokenTable.load(settings.tokens, settings.tokens_file)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database.connect(settings.database_url, pool_size=settings.db_pool_size)
+        holder = ModelHolder()
+        state = AppState(
+            settings=settings,
+            db=db,
+            tokens=tokens,
+            references=ReferenceCache(settings.reference_refresh_s),
+            models=holder,
+        )
+        app.state.oracle = state
+        reloader = Reloader(db.reads, holder, load_predictor, settings.model_poll_s)
+        try:
+            await asyncio.to_thread(reloader.check_once)
+        except Exception as e:  # start serving with the fallbacks; the poller retries
+            log.warning("model_poll_failed", error=str(e))
+        poller = asyncio.create_task(reloader.run())
+        metrics.set_active_model(holder.version)
+        log.info(
+            "started",
+            version=__version__,
+            database=redacted(settings.database_url),
+            backend=db.backend,
+            model_version=holder.version,
+            policy="oracle" if holder.version else "median (no active model)",
+            auth="tokens" if tokens.enabled else "disabled (loopback only)",
+        )
+        try:
+            yield
+        finally:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+            db.dispose()
+
+    app = FastAPI(
+        title="The Oracle",
+        version=__version__,
+        summary="Tells each SOM training, at every checkpoint, whether it is worth finishing.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    for router in (studies.router, runs.router, predict.router, models.router, health.router):
+        app.include_router(router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(logs.RequestContext)
+    return app

@@ -1,0 +1,143 @@
+"""Real databases for every test: a SQLite file always, and Postgres when TEST_POSTGRES_URL is set.
+
+The schema comes from `alembic upgrade head`, so every run exercises the migrations.
+CI sets REQUIRE_POSTGRES=1: a missing Postgres is then a failure, not a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from oracle.core.db import normalize_url, upgrade
+from oracle.service.main import create_app
+from oracle.service.settings import Settings
+
+DATA_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "minisom_runs.jsonl"
+TOKENS = {"worker": "worker-secret", "admin": "admin-secret", "reader": "reader-secret"}
+TABLES = ("checkpoints", "runs", "studies", "aliases", "model_versions")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("REQUIRE_POSTGRES") == "1" and not os.environ.get("TEST_POSTGRES_URL"):
+        raise pytest.UsageError("REQUIRE_POSTGRES=1 but TEST_POSTGRES_URL is not set")
+
+
+@pytest.fixture(scope="session")
+def data_file() -> Path:
+    if not DATA_FILE.exists():
+        pytest.fail(f"the shared data file is missing: {DATA_FILE}")
+    return DATA_FILE
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "oracle.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """A fresh, migrated Postgres database for this test session, dropped afterwards."""
+    base = os.environ.get("TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("TEST_POSTGRES_URL is not set")
+    base = normalize_url(base)
+    name = f"oracle_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(base).set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _truncate(url: str) -> None:
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path
+) -> Iterator[str]:
+    """A migrated, empty database of each backend."""
+    if request.param == "sqlite":
+        path = tmp_path / "oracle.db"
+        shutil.copy(sqlite_template, path)
+        yield f"sqlite:///{path}"
+    else:
+        url = request.getfixturevalue("postgres_server_url")
+        _truncate(url)
+        yield url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
+    path = tmp_path / "oracle.db"
+    shutil.copy(sqlite_template, path)
+    return f"sqlite:///{path}"
+
+
+def settings_for(url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "database_url": url,
+        "tokens": ",".join(f"{role}:{token}" for role, token in TOKENS.items()),
+        "log_format": "console",
+        "log_level": "warning",
+        "reference_refresh_s": 0.0,
+        "model_poll_s": 0.2,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def auth(role: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKENS[role]}"}
+
+
+@pytest.fixture
+def app_settings(database_url: str) -> Settings:
+    return settings_for(database_url)
+
+
+@pytest.fixture
+def client(app_settings: Settings) -> Iterator[TestClient]:
+    """The API through HTTP, lifespan included, with a worker token."""
+    with TestClient(create_app(app_settings), headers=auth("worker")) as c:
+        yield c
+
+
+@pytest.fixture
+def admin(client: TestClient) -> TestClient:
+    """The same app with an admin token (shares the client's lifespan)."""
+    client.headers.update(auth("admin"))
+    return client
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def oracle_bin() -> str:
+    found = shutil.which("oracle")
+    venv = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "oracle"
+    return str(venv) if venv.exists() else (found or "oracle")

@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from oracle.core.errors import Conflict, NotFound
+from oracle.core.reference import HistoryRow
 from oracle.core.scoring import StudyPolicy
 from oracle.core.tables import Checkpoint, Run, Study, utcnow
 
@@ -256,9 +257,9 @@ def checkpoints_of(session: Session, run_pk: int) -> Sequence[Checkpoint]:
     ).all()
 
 
-def history_of(session: Session, run_pk: int) -> Sequence[Row[Any]]:
+def history_of(session: Session, run_pk: int) -> list[HistoryRow]:
     """(epoch, mqe, te, dead) of a run's stored checkpoints, in epoch order: the hot read."""
-    return session.execute(
+    rows = session.execute(
         select(
             Checkpoint.epoch,
             Checkpoint.mqe,
@@ -267,7 +268,8 @@ def history_of(session: Session, run_pk: int) -> Sequence[Row[Any]]:
         )
         .where(Checkpoint.run_pk == run_pk)
         .order_by(Checkpoint.epoch)
-    ).all()
+    )
+    return [(r[0], r[1], r[2], r[3]) for r in rows]
 
 
 def insert_checkpoint(session: Session, run: Run, values: dict[str, Any]) -> None:
@@ -288,9 +290,7 @@ def insert_checkpoint(session: Session, run: Run, values: dict[str, Any]) -> Non
         .execution_options(synchronize_session=False)
     )
     if advanced.rowcount != 1:  # type: ignore[attr-defined]
-        raise Conflict(
-            f"run {run.run_id!r} moved on while epoch {epoch} was being stored; retry"
-        )
+        raise Conflict(f"run {run.run_id!r} moved on while epoch {epoch} was being stored; retry")
     session.execute(_insert(session)(Checkpoint).values(run_pk=run.pk, **values))
 
 
@@ -318,17 +318,13 @@ def same_metrics(stored: Checkpoint, metrics: Metrics, wall_s: float | None) -> 
 # --- finishing -------------------------------------------------------------------------------
 
 
-def finish_run(
-    session: Session, run: Run, status: str, final: Metrics | None
-) -> tuple[Run, bool]:
+def finish_run(session: Session, run: Run, status: str, final: Metrics | None) -> tuple[Run, bool]:
     """End a run; returns it and whether this call changed it (False: an identical retry)."""
     if status not in FINISHED_STATUSES:
         raise Conflict(f"status must be one of {FINISHED_STATUSES}, not {status!r}")
     if final is None:
         last = (
-            find_checkpoint(session, run.pk, run.last_epoch)
-            if run.last_epoch is not None
-            else None
+            find_checkpoint(session, run.pk, run.last_epoch) if run.last_epoch is not None else None
         )
         final = (
             Metrics(last.mqe, last.topographic_error, last.dead_neuron_ratio)
@@ -339,9 +335,7 @@ def finish_run(
         stored = Metrics(run.final_mqe, run.final_topographic_error, run.final_dead_neuron_ratio)
         if run.status == status and stored == final:
             return run, False
-        raise Conflict(
-            f"run {run.run_id!r} already ended as {run.status} with other final values"
-        )
+        raise Conflict(f"run {run.run_id!r} already ended as {run.status} with other final values")
     run.status = status
     run.final_mqe = final.mqe
     run.final_topographic_error = final.topographic_error
@@ -366,9 +360,7 @@ def finish_run(
 
 
 def reference_count(session: Session, study_pk: int) -> int:
-    return session.execute(
-        select(Study.reference_runs).where(Study.pk == study_pk)
-    ).scalar_one()
+    return session.execute(select(Study.reference_runs).where(Study.pk == study_pk)).scalar_one()
 
 
 def reference_histories_since(

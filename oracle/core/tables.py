@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -40,7 +40,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON}
 
 
 class Study(Base):
@@ -97,9 +97,7 @@ class Checkpoint(Base):
 
     __tablename__ = "checkpoints"
 
-    run_pk: Mapped[int] = mapped_column(
-        ForeignKey("runs.pk", ondelete="CASCADE"), primary_key=True
-    )
+    run_pk: Mapped[int] = mapped_column(ForeignKey("runs.pk", ondelete="CASCADE"), primary_key=True)
     epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
     progress: Mapped[float] = mapped_column(Float)
     # NULL: the map reported a non-finite value (null, NaN or Infinity): a diverged map.

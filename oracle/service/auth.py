@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -87,7 +88,7 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-def require(role: Role):  # type: ignore[no-untyped-def]
+def require(role: Role) -> Callable[[Request], Awaitable[Principal]]:
     """A dependency that admits tokens of `role` or above and returns the caller."""
 
     async def dependency(request: Request) -> Principal:

@@ -43,13 +43,14 @@ def _record(state: AppState, run_id: str, body: CheckpointIn) -> Decision:
             if stored is not None:
                 if store.same_metrics(stored, observed, body.wall_s):
                     return decision_of(run_id, stored)  # a safe retry: the stored answer
-                raise Conflict(
-                    f"epoch {body.epoch} of run {run_id!r} is stored with other values"
-                )
+                raise Conflict(f"epoch {body.epoch} of run {run_id!r} is stored with other values")
         store.ensure_can_record(run, body.epoch)
         study = session.get_one(Study, run.study_pk)
         policy = store.study_policy(study)
-        rows = [*store.history_of(session, run.pk), (body.epoch, *observed.as_dict().values())]
+        rows = store.history_of(session, run.pk)
+        rows.append(
+            (body.epoch, observed.mqe, observed.topographic_error, observed.dead_neuron_ratio)
+        )
         situation = Situation(
             epoch=body.epoch,
             max_epochs=run.max_epochs,
@@ -60,9 +61,7 @@ def _record(state: AppState, run_id: str, body: CheckpointIn) -> Decision:
         )
         verdict = decide(chain_for(policy.decider), situation)
         try:
-            store.insert_checkpoint(
-                session, run, _row(body, observed, run.max_epochs, verdict)
-            )
+            store.insert_checkpoint(session, run, _row(body, observed, run.max_epochs, verdict))
         except Conflict as e:
             raise _RaceLost from e
         decision = _decision(run_id, body.epoch, verdict)
@@ -71,7 +70,9 @@ def _record(state: AppState, run_id: str, body: CheckpointIn) -> Decision:
     return decision
 
 
-def _row(body: CheckpointIn, observed: Metrics, max_epochs: int, verdict: Verdict) -> dict[str, Any]:
+def _row(
+    body: CheckpointIn, observed: Metrics, max_epochs: int, verdict: Verdict
+) -> dict[str, Any]:
     p = verdict.prediction
     lo_hi = p.interval(0.8) if p is not None else (None, None)
     return {

@@ -28,7 +28,9 @@ MODEL_LOAD_FAILURES = Counter(
     "oracle_model_load_failures_total", "Model artifacts that failed to load or warm up"
 )
 ACTIVE_MODEL = Gauge(
-    "oracle_active_model_info", "The served model version (value 1)", ["version"],
+    "oracle_active_model_info",
+    "The served model version (value 1)",
+    ["version"],
     multiprocess_mode="liveall",
 )
 STORAGE_ERRORS = Counter("oracle_storage_unavailable_total", "Requests answered 503: storage")
@@ -43,6 +45,6 @@ def set_active_model(version: str | None) -> None:
 def render() -> tuple[bytes, str]:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -28,10 +28,10 @@ class AppState:
     references: ReferenceCache
     models: ModelHolder
 
-    def writing(self) -> Iterator[Session]:
+    def writing(self) -> AbstractContextManager[Session]:
         return _transaction(self.db.writes)
 
-    def reading(self) -> Iterator[Session]:
+    def reading(self) -> AbstractContextManager[Session]:
         return _transaction(self.db.reads)
 
 

@@ -42,7 +42,9 @@ def test_checkpoint_answers_with_a_decision(client: TestClient) -> None:
     assert "minimum" in body["reason"]
 
 
-def test_checkpoint_retry_returns_the_stored_decision(client: TestClient, database_url: str) -> None:
+def test_checkpoint_retry_returns_the_stored_decision(
+    client: TestClient, database_url: str
+) -> None:
     start(client)
     first = post(client, 5, wall_s=1.5).json()
     again = post(client, 5, wall_s=1.5)

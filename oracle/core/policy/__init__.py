@@ -1,6 +1,6 @@
 """Decision policies: one small class each, asked in order until one answers."""
 
-from oracle.core.policy.base import Policy, Predictor, Prediction, Situation, Verdict, decide
+from oracle.core.policy.base import Policy, Prediction, Predictor, Situation, Verdict, decide
 from oracle.core.policy.guard import GuardPolicy
 from oracle.core.policy.median import MedianPolicy
 from oracle.core.policy.never import NeverStopPolicy

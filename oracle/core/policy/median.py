@@ -40,6 +40,4 @@ def _threshold_name(situation: Situation) -> str:
     threshold = situation.policy.threshold
     if threshold.mode == "absolute":
         return "the study's absolute threshold"
-    return (
-        f"the p{threshold.value:g} of the study's {situation.thresholds.n_runs} finished runs"
-    )
+    return f"the p{threshold.value:g} of the study's {situation.thresholds.n_runs} finished runs"

@@ -41,9 +41,7 @@ def list_models(request: Request, _: Principal = Depends(require(Role.reader))) 
 
 
 @router.get("/active", response_model=ModelPublic)
-def get_active_model(
-    request: Request, _: Principal = Depends(require(Role.reader))
-) -> ModelPublic:
+def get_active_model(request: Request, _: Principal = Depends(require(Role.reader))) -> ModelPublic:
     with state_of(request).reading() as session:
         active = registry.active_version(session)
         if active is None:

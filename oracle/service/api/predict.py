@@ -9,13 +9,15 @@ from oracle.core.errors import ModelUnavailable
 from oracle.core.reference import history_array
 from oracle.core.scoring import Weights
 from oracle.service.auth import Principal, Role, require
-from oracle.service.schemas import Metrics, PredictionPublic, PredictIn
+from oracle.service.schemas import Metrics, PredictIn, PredictionPublic
 from oracle.service.state import state_of
 
 router = APIRouter(prefix="/v1", tags=["predict"])
 
 
-@router.post("/predict", response_model=PredictionPublic, responses={503: {"description": "no model"}})
+@router.post(
+    "/predict", response_model=PredictionPublic, responses={503: {"description": "no model"}}
+)
 async def predict(
     body: PredictIn, request: Request, _: Principal = Depends(require(Role.worker))
 ) -> PredictionPublic:
@@ -28,7 +30,11 @@ async def predict(
     history = history_array(rows, body.max_epochs)
     if not np.all(np.isfinite(history[:, 1:4])):
         raise ModelUnavailable("the history has non-finite metrics (a diverged map): no forecast")
-    weights = body.weights or (Weights().mqe, Weights().topographic_error, Weights().dead_neuron_ratio)
+    weights = body.weights or (
+        Weights().mqe,
+        Weights().topographic_error,
+        Weights().dead_neuron_ratio,
+    )
     p = predictor.predict(history, weights)
     return PredictionPublic(
         predicted_final=Metrics(

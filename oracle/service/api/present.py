@@ -42,7 +42,7 @@ def run_public(run: Run, study_id: str) -> RunPublic:
         max_epochs=run.max_epochs,
         config=run.config,
         dataset=run.dataset,
-        status=run.status,  # type: ignore[arg-type]
+        status=run.status,
         last_epoch=run.last_epoch,
         n_checkpoints=run.n_checkpoints,
         final=final,
@@ -69,7 +69,7 @@ def decision_of(run_id: str, row: Checkpoint) -> Decision:
     return Decision(
         run_id=run_id,
         epoch=row.epoch,
-        action=row.action,  # type: ignore[arg-type]
+        action=row.action,
         reason=row.reason,
         predicted_final=predicted,
         predicted_score=row.predicted_score,

@@ -93,9 +93,7 @@ async def finish_run(
 ) -> RunPublic:
     """End a run. Completed runs that reached max_epochs become reference and training data."""
     final = (
-        store.Metrics.of(
-            body.final.mqe, body.final.topographic_error, body.final.dead_neuron_ratio
-        )
+        store.Metrics.of(body.final.mqe, body.final.topographic_error, body.final.dead_neuron_ratio)
         if body.final is not None
         else None
     )

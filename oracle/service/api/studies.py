@@ -39,7 +39,9 @@ async def put_study(
         )
         result = study_public(study, store.study_run_counts(session, study))
     if body.policy is not None:
-        log.info("study_policy_set", study_id=study_id, by=who.name, policy=body.policy.model_dump())
+        log.info(
+            "study_policy_set", study_id=study_id, by=who.name, policy=body.policy.model_dump()
+        )
     response.status_code = 201 if created else 200
     return result
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import structlog
@@ -16,7 +17,7 @@ from oracle.service.serving.holder import ModelHolder
 
 log = structlog.get_logger()
 
-Loader = Callable[[str, dict, bytes], Predictor]  # type: ignore[type-arg]
+Loader = Callable[[str, dict[str, Any], bytes], Predictor]
 
 # A short, plausible history: a warm-up prediction must succeed before a swap.
 WARMUP_HISTORY = np.array(

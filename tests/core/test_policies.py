@@ -1,0 +1,135 @@
+"""Policies as tables: a situation in, the expected decision out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from oracle.core.policy import (
+    GuardPolicy,
+    MedianPolicy,
+    OraclePolicy,
+    Prediction,
+    Situation,
+    WarmupPolicy,
+    chain_for,
+    decide,
+)
+from oracle.core.reference import ReferenceSet
+from oracle.core.scoring import StudyPolicy, Threshold
+
+
+def reference(scales: list[float]) -> ReferenceSet:
+    ref = ReferenceSet()
+    runs = []
+    for s in scales:
+        history = np.array([[0.1, s * 2.0, 0.2, 0.1], [0.5, s * 1.5, 0.2, 0.1], [1.0, s, 0.2, 0.1]])
+        runs.append((history, history[-1, 1:]))
+    ref.extend(runs)
+    return ref
+
+
+REF = reference([1.0, 1.2, 1.4, 1.6, 1.8])
+DEFAULT = StudyPolicy()
+
+
+def situation(
+    points: list[tuple[float, float]],
+    *,
+    policy: StudyPolicy = DEFAULT,
+    ref: ReferenceSet = REF,
+    max_epochs: int = 100,
+    predictor: object = None,
+) -> Situation:
+    history = np.array([[p, m, 0.2, 0.1] for p, m in points])
+    return Situation(
+        epoch=round(points[-1][0] * max_epochs),
+        max_epochs=max_epochs,
+        history=history,
+        policy=policy,
+        thresholds=ref.thresholds(policy),
+        predictor=predictor,  # type: ignore[arg-type]
+    )
+
+
+# (case, history [(progress, mqe)], policy, expected (action, policy) or None)
+CASES = [
+    ("diverged stops", [(0.2, np.nan)], DEFAULT, ("stop", "guard")),
+    ("at the end continues", [(1.0, 9.0)], DEFAULT, ("continue", "guard")),
+    ("before min progress", [(0.05, 9.0)], DEFAULT, ("continue", "warmup")),
+    (
+        "too few finished runs",
+        [(0.5, 9.0)],
+        StudyPolicy(min_finished_runs=6),
+        ("continue", "warmup"),
+    ),
+    ("worse than median", [(0.5, 2.5)], DEFAULT, ("stop", "median")),
+    ("better than median", [(0.5, 1.5)], DEFAULT, ("continue", "median")),
+    ("best so far counts", [(0.2, 1.0), (0.5, 2.5)], DEFAULT, ("continue", "median")),
+    (
+        "absolute threshold",
+        [(0.5, 0.5)],
+        StudyPolicy(threshold=Threshold(mode="absolute", value=0.6)),
+        ("stop", "median"),
+    ),
+    (
+        "p90 is lenient",
+        [(0.5, 2.5)],
+        StudyPolicy(threshold=Threshold(value=90)),
+        ("continue", "median"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "points", "policy", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_policy_chain_decides(
+    case: str, points: list[tuple[float, float]], policy: StudyPolicy, expected: tuple[str, str]
+) -> None:
+    verdict = decide(chain_for(policy.decider), situation(points, policy=policy))
+    assert (verdict.action, verdict.policy) == expected, verdict.reason
+
+
+def test_policy_guard_and_warmup_pass_when_they_have_nothing_to_say() -> None:
+    s = situation([(0.5, 1.0)])
+    assert GuardPolicy().decide(s) is None
+    assert WarmupPolicy().decide(s) is None
+    assert OraclePolicy().decide(s) is None  # no model: the median rule answers
+
+
+def test_policy_median_threshold_is_the_median_at_that_progress() -> None:
+    verdict = MedianPolicy().decide(situation([(0.5, 1.0)]))
+    assert verdict.threshold == pytest.approx(1.4 * 1.5 + 0.2 + 0.05)
+
+
+def test_policy_median_is_pure() -> None:
+    s = situation([(0.3, 2.0), (0.5, 2.2)])
+    assert MedianPolicy().decide(s) == MedianPolicy().decide(s)
+
+
+class FixedPredictor:
+    version = "test-1"
+
+    def __init__(self, quantiles: dict[float, float]) -> None:
+        self.quantiles = quantiles
+
+    def predict(self, history: np.ndarray, weights: object) -> Prediction:
+        return Prediction((1.0, 0.2, 0.1), self.quantiles[0.5], self.quantiles, self.version)
+
+
+@pytest.mark.parametrize(
+    ("quantiles", "expected"),
+    [
+        ({0.1: 2.0, 0.5: 2.5, 0.9: 3.0}, "stop"),  # sure to end above the threshold
+        ({0.1: 1.0, 0.5: 2.5, 0.9: 3.0}, "continue"),  # likely bad, but not 90% sure
+        ({0.1: 0.5, 0.5: 0.8, 0.9: 1.0}, "continue"),
+    ],
+)
+def test_policy_oracle_stops_only_when_confident(
+    quantiles: dict[float, float], expected: str
+) -> None:
+    s = situation([(0.5, 1.0)], predictor=FixedPredictor(quantiles))
+    verdict = decide(chain_for("auto"), s)
+    assert verdict.policy == "oracle"
+    assert verdict.action == expected
+    assert verdict.threshold == pytest.approx(1.4 + 0.2 + 0.05)
+    assert verdict.prediction is not None and verdict.prediction.model_version == "test-1"

@@ -83,5 +83,43 @@ def import_(
         raise typer.Exit(1)
 
 
+@app.command()
+def worker(
+    runs: Annotated[int, typer.Option(min=1, help="How many maps to train")] = 8,
+    parallel: Annotated[int, typer.Option(min=1, help="Maps trained at once")] = 2,
+    url: Annotated[str, typer.Option(envvar="ORACLE_URL")] = "http://127.0.0.1:8000",
+    token: Annotated[str | None, typer.Option(envvar="ORACLE_TOKEN")] = None,
+    seed: Annotated[int, typer.Option(help="Seeds the configurations")] = 0,
+    study_prefix: Annotated[str, typer.Option(help="Studies are PREFIX-DATASET")] = "worker",
+    datasets: Annotated[str, typer.Option(help="Comma-separated")] = (
+        "iris,wine,breast_cancer,digits"
+    ),
+    min_epochs: Annotated[int, typer.Option(min=1)] = 20,
+    max_epochs: Annotated[int, typer.Option(min=1)] = 300,
+) -> None:
+    """Train real SOMs (MiniSom) with EA-style random configurations; report to the Oracle."""
+    import logging
+
+    from oracle.worker import run_workers, summary
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
+    try:
+        outcomes = run_workers(
+            url,
+            token,
+            runs=runs,
+            parallel=parallel,
+            seed=seed,
+            study_prefix=study_prefix,
+            datasets=tuple(d.strip() for d in datasets.split(",") if d.strip()),
+            min_epochs=min_epochs,
+            max_epochs=max_epochs,
+        )
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+    typer.echo(summary(outcomes))
+
+
 if __name__ == "__main__":
     app()

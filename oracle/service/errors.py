@@ -18,6 +18,7 @@ from oracle.core.errors import (
     StorageUnavailable,
 )
 from oracle.service.auth import Forbidden, Unauthorized
+from oracle.service.bodies import UnsupportedMediaType
 
 log = structlog.get_logger()
 
@@ -28,6 +29,7 @@ STATUS: dict[type[OracleError], int] = {
     Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
+    UnsupportedMediaType: 415,
     InvalidInput: 422,
     ModelUnavailable: 503,
     StorageUnavailable: 503,
@@ -58,9 +60,10 @@ def _readable(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for e in errors:
         loc = [str(part) for part in e.get("loc", ())]
         field = ".".join(loc[1:] if loc and loc[0] in ("body", "query", "path") else loc)
-        out.append(
-            {"loc": e.get("loc"), "field": field, "msg": e.get("msg"), "type": e.get("type")}
-        )
+        msg = e.get("msg", "")
+        if e.get("type") == "json_invalid" and e.get("ctx", {}).get("error"):
+            msg = f"{msg}: {e['ctx']['error']}"
+        out.append({"loc": e.get("loc"), "field": field, "msg": msg, "type": e.get("type")})
     return out
 
 

@@ -11,10 +11,11 @@ from oracle.core import registry
 from oracle.core.errors import NotFound
 from oracle.core.tables import ModelVersion
 from oracle.service.auth import Principal, Role, require
+from oracle.service.bodies import JSONRoute
 from oracle.service.schemas import ID_PATTERN, ModelList, ModelPublic
 from oracle.service.state import state_of
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], route_class=JSONRoute)
 log = get_logger()
 
 

@@ -9,10 +9,11 @@ from oracle.core.errors import ModelUnavailable
 from oracle.core.reference import history_array
 from oracle.core.scoring import Weights
 from oracle.service.auth import Principal, Role, require
+from oracle.service.bodies import JSONRoute
 from oracle.service.schemas import Metrics, PredictIn, PredictionPublic
 from oracle.service.state import state_of
 
-router = APIRouter(prefix="/v1", tags=["predict"])
+router = APIRouter(prefix="/v1", tags=["predict"], route_class=JSONRoute)
 
 
 @router.post(

@@ -13,6 +13,7 @@ from oracle.core import store
 from oracle.core.errors import InvalidInput
 from oracle.service.api.present import checkpoint_public, run_public
 from oracle.service.auth import Principal, Role, require
+from oracle.service.bodies import JSONRoute
 from oracle.service.decisions import record_checkpoint as answer_checkpoint
 from oracle.service.schemas import (
     ID_PATTERN,
@@ -26,7 +27,7 @@ from oracle.service.schemas import (
 )
 from oracle.service.state import state_of
 
-router = APIRouter(prefix="/v1/runs", tags=["runs"])
+router = APIRouter(prefix="/v1/runs", tags=["runs"], route_class=JSONRoute)
 RunId = Annotated[str, Path(pattern=ID_PATTERN)]
 
 

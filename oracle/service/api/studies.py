@@ -10,10 +10,11 @@ from structlog import get_logger
 from oracle.core import store
 from oracle.service.api.present import study_public
 from oracle.service.auth import Forbidden, Principal, Role, require
+from oracle.service.bodies import JSONRoute
 from oracle.service.schemas import ID_PATTERN, StudyList, StudyPublic, StudyPut
 from oracle.service.state import state_of
 
-router = APIRouter(prefix="/v1/studies", tags=["studies"])
+router = APIRouter(prefix="/v1/studies", tags=["studies"], route_class=JSONRoute)
 log = get_logger()
 StudyId = Annotated[str, Path(pattern=ID_PATTERN)]
 

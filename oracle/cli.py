@@ -47,6 +47,11 @@ def serve(
         typer.echo(f"no tokens configured: authentication is off, serving on {host} only", err=True)
     if is_sqlite(database_url):
         upgrade(database_url)
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Several processes: each writes its metrics to files that /metrics adds up.
+        metrics_dir = Path("var") / f"prometheus-{os.getpid()}"
+        metrics_dir.mkdir(parents=True, exist_ok=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.resolve())
     uvicorn.run(
         "oracle.service.main:create_app",
         factory=True,

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from oracle import __version__
 from oracle.core.db import Database, redacted
 from oracle.service import errors, logs, metrics
-from oracle.service.api import health, models, predict, runs, studies
+from oracle.service.api import dashboard, health, models, predict, runs, studies
 from oracle.service.auth import TokenTable
 from oracle.service.limits import BodyLimit
 from oracle.service.reference_cache import ReferenceCache
@@ -74,7 +74,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    for router in (studies.router, runs.router, predict.router, models.router, health.router):
+    for router in (
+        studies.router,
+        runs.router,
+        predict.router,
+        models.router,
+        health.router,
+        dashboard.router,
+    ):
         app.include_router(router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(logs.RequestContext)

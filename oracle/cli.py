@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from oracle.core.db import DEFAULT_DATABASE_URL, is_sqlite, redacted, upgrade
+from oracle.core.db import DEFAULT_DATABASE_URL, ensure_migrated, is_sqlite, redacted, upgrade
 
 app = typer.Typer(
     help="The Oracle: tells each SOM training whether it is worth finishing.",
@@ -46,7 +46,7 @@ def serve(
     if not (settings.tokens or settings.tokens_file):
         typer.echo(f"no tokens configured: authentication is off, serving on {host} only", err=True)
     if is_sqlite(database_url):
-        upgrade(database_url)
+        ensure_migrated(database_url)
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Several processes: each writes its metrics to files that /metrics adds up.
         metrics_dir = Path("var") / f"prometheus-{os.getpid()}"

@@ -144,6 +144,24 @@ def upgrade(url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(url), revision)
 
 
+def ensure_migrated(url: str) -> None:
+    """`upgrade` unless the database is already at the newest revision (a cheap check)."""
+    from sqlalchemy import inspect, text
+
+    from oracle.migrations import HEAD
+
+    engine = create_engine(normalize_url(url))
+    try:
+        with engine.connect() as conn:
+            if inspect(conn).has_table("alembic_version"):
+                current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+                if current == HEAD:
+                    return
+    finally:
+        engine.dispose()
+    upgrade(url)
+
+
 def redacted(url: str) -> str:
     """The URL with its password hidden, for logs."""
     return make_url(normalize_url(url)).render_as_string(hide_password=True)

@@ -6,9 +6,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Connection, Table, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -359,12 +359,22 @@ def finish_run(session: Session, run: Run, status: str, final: Metrics | None) -
 # --- the reference set -----------------------------------------------------------------------
 
 
-def reference_count(session: Session, study_pk: int) -> int:
-    return session.execute(select(Study.reference_runs).where(Study.pk == study_pk)).scalar_one()
+def reference_count(session: Session | Connection, study_pk: int) -> int:
+    return int(
+        session.execute(select(Study.reference_runs).where(Study.pk == study_pk)).scalar_one()
+    )
+
+
+def study_state(session: Session | Connection, study_pk: int) -> tuple[int, StudyPolicy]:
+    """How many runs joined the study's reference set, and its policy: one primary-key read."""
+    row = session.execute(
+        select(Study.reference_runs, Study.policy).where(Study.pk == study_pk)
+    ).one()
+    return int(row[0]), StudyPolicy.model_validate(row[1])
 
 
 def reference_histories_since(
-    session: Session, study_pk: int, after_seq: int
+    session: Session | Connection, study_pk: int, after_seq: int
 ) -> list[tuple[int, int, list[tuple[int, float | None, float | None, float | None]], Metrics]]:
     """Reference runs of a study that joined after `after_seq`, with their histories.
 
@@ -417,3 +427,98 @@ def reference_histories_since(
 
 def last_activity(session: Session) -> datetime | None:
     return session.scalar(select(func.max(Run.created_at)))
+
+
+# --- the batched hot path --------------------------------------------------------------------
+# Pre-built Core statements on the tables (no ORM unit of work): compiled once, cached by
+# SQLAlchemy, cheap per call. They run on a Connection inside the caller's transaction.
+
+_runs = cast(Table, Run.__table__)
+_checkpoints = cast(Table, Checkpoint.__table__)
+
+_RUN_STATES = select(
+    _runs.c.pk,
+    _runs.c.run_id,
+    _runs.c.study_pk,
+    _runs.c.max_epochs,
+    _runs.c.status,
+    _runs.c.last_epoch,
+).where(_runs.c.run_id.in_(bindparam("run_ids", expanding=True)))
+
+_HISTORIES = (
+    select(
+        _checkpoints.c.run_pk,
+        _checkpoints.c.epoch,
+        _checkpoints.c.mqe,
+        _checkpoints.c.topographic_error,
+        _checkpoints.c.dead_neuron_ratio,
+    )
+    .where(_checkpoints.c.run_pk.in_(bindparam("run_pks", expanding=True)))
+    .order_by(_checkpoints.c.run_pk, _checkpoints.c.epoch)
+)
+
+# Compare-and-swap on the run row: it advances only if nobody else (another process, another
+# replica) stored a checkpoint or ended the run since this process last looked.
+_ADVANCE_FROM = (
+    update(_runs)
+    .where(
+        _runs.c.pk == bindparam("b_pk"),
+        _runs.c.status == "running",
+        _runs.c.last_epoch == bindparam("b_expected"),
+    )
+    .values(last_epoch=bindparam("b_epoch"), n_checkpoints=_runs.c.n_checkpoints + 1)
+)
+_ADVANCE_FIRST = (
+    update(_runs)
+    .where(
+        _runs.c.pk == bindparam("b_pk"),
+        _runs.c.status == "running",
+        _runs.c.last_epoch.is_(None),
+    )
+    .values(last_epoch=bindparam("b_epoch"), n_checkpoints=_runs.c.n_checkpoints + 1)
+)
+_INSERT_CHECKPOINTS = _checkpoints.insert()
+
+
+@dataclass
+class RunState:
+    """What the hot path needs of a running run; a process keeps these between checkpoints."""
+
+    pk: int
+    run_id: str
+    study_pk: int
+    max_epochs: int
+    status: str
+    last_epoch: int | None
+    history: list[HistoryRow]
+
+
+def load_run_states(conn: Connection, run_ids: Sequence[str]) -> dict[str, RunState]:
+    """The named runs with their histories: two queries, whatever the number of runs."""
+    states = {
+        r.run_id: RunState(r.pk, r.run_id, r.study_pk, r.max_epochs, r.status, r.last_epoch, [])
+        for r in conn.execute(_RUN_STATES, {"run_ids": list(run_ids)})
+    }
+    by_pk = {s.pk: s for s in states.values()}
+    if by_pk:
+        for row in conn.execute(_HISTORIES, {"run_pks": list(by_pk)}):
+            by_pk[row[0]].history.append((row[1], row[2], row[3], row[4]))
+    return states
+
+
+def advance_run(conn: Connection, state: RunState, epoch: int) -> bool:
+    """Move the run's last epoch from what `state` says to `epoch`; False if it moved already."""
+    if state.last_epoch is None:
+        result = conn.execute(_ADVANCE_FIRST, {"b_pk": state.pk, "b_epoch": epoch})
+    else:
+        result = conn.execute(
+            _ADVANCE_FROM,
+            {"b_pk": state.pk, "b_expected": state.last_epoch, "b_epoch": epoch},
+        )
+    return bool(result.rowcount == 1)
+
+
+def insert_checkpoint_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert checkpoint rows (each with its decision and run_pk) in one executemany."""
+    if rows:
+        conn.execute(_INSERT_CHECKPOINTS, rows)

@@ -1,38 +1,53 @@
-"""Answering a checkpoint: store it with the decision of the study's policy, exactly once."""
+"""Deciding a checkpoint and storing it with its decision: the rows, the answers, and the
+one-at-a-time path that works from the database's truth (retries, conflicts, lost races)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from oracle.core import store
+from oracle.core.db import Database
 from oracle.core.errors import Conflict, InvalidInput
 from oracle.core.policy import Situation, Verdict, chain_for, decide
 from oracle.core.reference import history_array
 from oracle.core.store import Metrics
 from oracle.core.tables import Study, utcnow
-from oracle.service import metrics
 from oracle.service.api.present import decision_of
+from oracle.service.reference_cache import ReferenceCache
 from oracle.service.schemas import CheckpointIn, Decision
-from oracle.service.state import AppState
+from oracle.service.serving.holder import ModelHolder
+from oracle.service.state import storage_errors
+
+TARGETS = ("mqe", "topographic_error", "dead_neuron_ratio")
+
+
+def record_one(
+    db: Database,
+    references: ReferenceCache,
+    models: ModelHolder,
+    run_id: str,
+    body: CheckpointIn,
+) -> Decision:
+    """Answer one checkpoint in its own transaction; a lost race is re-read once."""
+    try:
+        return _record(db, references, models, run_id, body)
+    except _RaceLost:
+        # The winner's row is committed now: a retry returns it (same values) or a 409.
+        return _record(db, references, models, run_id, body)
 
 
 class _RaceLost(Exception):
-    """Another process stored this run's next epoch first; the caller re-reads once."""
+    """Another process stored this run's next epoch first."""
 
 
-def record_checkpoint(state: AppState, run_id: str, body: CheckpointIn) -> Decision:
-    try:
-        return _record(state, run_id, body)
-    except _RaceLost:
-        # The winner's row is committed now: a retry returns it (same values) or a 409.
-        return _record(state, run_id, body)
-
-
-def _record(state: AppState, run_id: str, body: CheckpointIn) -> Decision:
+def _record(
+    db: Database, references: ReferenceCache, models: ModelHolder, run_id: str, body: CheckpointIn
+) -> Decision:
     observed = Metrics.of(body.mqe, body.topographic_error, body.dead_neuron_ratio)
-    with state.writing() as session:
+    with storage_errors(), db.writes.begin() as session:
         run = store.get_run(session, run_id)
         if body.epoch > run.max_epochs:
             raise InvalidInput(
@@ -51,30 +66,30 @@ def _record(state: AppState, run_id: str, body: CheckpointIn) -> Decision:
         rows.append(
             (body.epoch, observed.mqe, observed.topographic_error, observed.dead_neuron_ratio)
         )
+        reference, _ = references.get(session, study.pk)
         situation = Situation(
             epoch=body.epoch,
             max_epochs=run.max_epochs,
             history=history_array(rows, run.max_epochs),
             policy=policy,
-            thresholds=state.references.get(session, study.pk).thresholds(policy),
-            predictor=state.models.current,
+            thresholds=reference.thresholds(policy),
+            predictor=models.current,
         )
         verdict = decide(chain_for(policy.decider), situation)
+        row = row_of_verdict(body, observed, run.max_epochs, verdict)
         try:
-            store.insert_checkpoint(session, run, _row(body, observed, run.max_epochs, verdict))
+            store.insert_checkpoint(session, run, row)
         except Conflict as e:
             raise _RaceLost from e
-        decision = _decision(run_id, body.epoch, verdict)
-    metrics.CHECKPOINTS.inc()
-    metrics.DECISIONS.labels(action=decision.action, policy=decision.policy).inc()
-    return decision
+        return decision_of_verdict(run_id, row)
 
 
-def _row(
+def row_of_verdict(
     body: CheckpointIn, observed: Metrics, max_epochs: int, verdict: Verdict
 ) -> dict[str, Any]:
+    """The checkpoint row: what was observed and what was answered, stored as one."""
     p = verdict.prediction
-    lo_hi = p.interval(0.8) if p is not None else (None, None)
+    low, high = p.interval(0.8) if p is not None else (None, None)
     return {
         "epoch": body.epoch,
         "progress": body.epoch / max_epochs,
@@ -87,35 +102,41 @@ def _row(
         "predicted_topographic_error": _finite(p.final[1]) if p else None,
         "predicted_dead_neuron_ratio": _finite(p.final[2]) if p else None,
         "predicted_score": _finite(p.score) if p else None,
-        "score_low": _finite(lo_hi[0]),
-        "score_high": _finite(lo_hi[1]),
+        "score_low": _finite(low),
+        "score_high": _finite(high),
         "threshold": _finite(verdict.threshold),
         "model_version": p.model_version if p else None,
         "received_at": utcnow(),
     }
 
 
-def _finite(value: float | None) -> float | None:
-    return float(value) if value is not None and np.isfinite(value) else None
-
-
-def _decision(run_id: str, epoch: int, verdict: Verdict) -> Decision:
-    p = verdict.prediction
+def decision_of_verdict(run_id: str, row: Mapping[str, Any]) -> Decision:
+    """The answer to a checkpoint, from the row about to be stored (the same one a retry reads)."""
+    predicted = (
+        {name: row[f"predicted_{name}"] for name in TARGETS}
+        if row["predicted_mqe"] is not None
+        else None
+    )
+    interval = (
+        (row["score_low"], row["score_high"])
+        if row["score_low"] is not None and row["score_high"] is not None
+        else None
+    )
     return Decision.model_validate(
         {
             "run_id": run_id,
-            "epoch": epoch,
-            "action": verdict.action,
-            "reason": verdict.reason,
-            "predicted_final": (
-                dict(zip(("mqe", "topographic_error", "dead_neuron_ratio"), p.final, strict=True))
-                if p
-                else None
-            ),
-            "predicted_score": _finite(p.score) if p else None,
-            "score_interval": p.interval(0.8) if p else None,
-            "threshold": _finite(verdict.threshold),
-            "policy": verdict.policy,
-            "model_version": p.model_version if p else None,
+            "epoch": row["epoch"],
+            "action": row["action"],
+            "reason": row["reason"],
+            "predicted_final": predicted,
+            "predicted_score": row["predicted_score"],
+            "score_interval": interval,
+            "threshold": row["threshold"],
+            "policy": row["policy"],
+            "model_version": row["model_version"],
         }
     )
+
+
+def _finite(value: float | None) -> float | None:
+    return float(value) if value is not None and np.isfinite(value) else None

@@ -16,6 +16,7 @@ from oracle.service import errors, logs, metrics
 from oracle.service.api import dashboard, health, models, predict, runs, studies
 from oracle.service.auth import TokenTable
 from oracle.service.limits import BodyLimit
+from oracle.service.recorder import Recorder
 from oracle.service.reference_cache import ReferenceCache
 from oracle.service.serving.holder import ModelHolder
 from oracle.service.serving.loader import load_predictor
@@ -35,12 +36,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database.connect(settings.database_url, pool_size=settings.db_pool_size)
         holder = ModelHolder()
+        references = ReferenceCache(settings.reference_refresh_s)
         state = AppState(
             settings=settings,
             db=db,
             tokens=tokens,
-            references=ReferenceCache(settings.reference_refresh_s),
+            references=references,
             models=holder,
+            recorder=Recorder(db, references, holder),
         )
         app.state.oracle = state
         reloader = Reloader(db.reads, holder, load_predictor, settings.model_poll_s)
@@ -65,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
+            state.recorder.close()
             db.dispose()
 
     app = FastAPI(

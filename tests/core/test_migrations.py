@@ -35,3 +35,18 @@ def test_migrations_downgrade_and_upgrade_again(tmp_path: object) -> None:
         inspect(engine).get_table_names()
     )
     engine.dispose()
+
+
+def test_migrations_head_constant_is_the_newest_revision(tmp_path: object) -> None:
+    from alembic.script import ScriptDirectory
+
+    from oracle.core.db import ensure_migrated
+    from oracle.migrations import HEAD
+
+    url = f"sqlite:///{tmp_path}/h.db"
+    assert ScriptDirectory.from_config(alembic_config(url)).get_current_head() == HEAD
+    ensure_migrated(url)  # an empty file is migrated
+    engine = create_engine(url)
+    assert "runs" in inspect(engine).get_table_names()
+    engine.dispose()
+    ensure_migrated(url)  # and a migrated one is left alone

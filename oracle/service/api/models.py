@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request
+from sqlalchemy.orm import Session
 from structlog import get_logger
 
 from oracle.core import registry
@@ -57,8 +58,10 @@ async def activate_model(
     who: Principal = Depends(require(Role.admin)),
 ) -> ModelPublic:
     """Point the active alias at `version` (also the rollback); every process swaps to it."""
-    with state_of(request).writing() as session:
-        row = registry.activate(session, version, by=who.name)
-        result = _public(row, version)
+
+    def work(session: Session) -> ModelPublic:
+        return _public(registry.activate(session, version, by=who.name), version)
+
+    result = await state_of(request).write(work)
     log.info("model_activated", version=version, by=who.name)
     return result

@@ -8,13 +8,13 @@ import uuid
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from sqlalchemy.orm import Session
 
 from oracle.core import store
 from oracle.core.errors import InvalidInput
 from oracle.service.api.present import checkpoint_public, run_public
 from oracle.service.auth import Principal, Role, require
 from oracle.service.bodies import JSONRoute
-from oracle.service.decisions import record_checkpoint as answer_checkpoint
 from oracle.service.schemas import (
     ID_PATTERN,
     CheckpointIn,
@@ -50,9 +50,12 @@ async def put_run(
     _: Principal = Depends(require(Role.worker)),
 ) -> RunPublic:
     """Start a run under a worker-chosen id; the same body again returns the stored run."""
-    with state_of(request).writing() as session:
+
+    def work(session: Session) -> tuple[RunPublic, bool]:
         run, created = store.create_run(session, run_id, _spec(body))
-        result = run_public(run, body.study_id)
+        return run_public(run, body.study_id), created
+
+    result, created = await state_of(request).write(work)
     response.status_code = 201 if created else 200
     return result
 
@@ -63,9 +66,12 @@ async def create_run(
 ) -> RunPublic:
     """Start a run under an id the server picks."""
     run_id = f"run-{uuid.uuid4().hex}"
-    with state_of(request).writing() as session:
+
+    def work(session: Session) -> RunPublic:
         run, _created = store.create_run(session, run_id, _spec(body))
         return run_public(run, body.study_id)
+
+    return await state_of(request).write(work)
 
 
 @router.post(
@@ -80,9 +86,8 @@ async def record_checkpoint(
     _: Principal = Depends(require(Role.worker)),
 ) -> Decision:
     """Store a checkpoint and answer continue or stop. A retry gets the stored answer."""
-    # Done inline on the event loop, not in a thread pool: one writer per process is what
-    # SQLite does best, and it spares a thread hop on the hot path.
-    return answer_checkpoint(state_of(request), run_id, body)
+    # Checkpoints that arrive together are stored together: see oracle/service/recorder.py.
+    return await state_of(request).recorder.record(run_id, body)
 
 
 @router.post("/{run_id}/finish", response_model=RunPublic)
@@ -98,10 +103,15 @@ async def finish_run(
         if body.final is not None
         else None
     )
-    with state_of(request).writing() as session:
+    state = state_of(request)
+
+    def work(session: Session) -> RunPublic:
         run = store.get_run(session, run_id)
         run, _changed = store.finish_run(session, run, body.status, final)
+        state.recorder.forget(run_id)
         return run_public(run, store.study_of(session, run).study_id)
+
+    return await state.write(work)
 
 
 @router.get("/{run_id}", response_model=RunDetail)

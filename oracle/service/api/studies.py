@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request, Response
+from sqlalchemy.orm import Session
 from structlog import get_logger
 
 from oracle.core import store
@@ -30,7 +31,9 @@ async def put_study(
     """Create or update a study. Changing its policy needs the admin role."""
     if body.policy is not None and who.role < Role.admin:
         raise Forbidden("changing a study's policy needs the admin role")
-    with state_of(request).writing() as session:
+    state = state_of(request)
+
+    def work(session: Session) -> tuple[StudyPublic, bool]:
         study, created = store.put_study(
             session,
             study_id,
@@ -38,7 +41,10 @@ async def put_study(
             policy=body.policy,
             description_given="description" in body.model_fields_set,
         )
-        result = study_public(study, store.study_run_counts(session, study))
+        state.references.invalidate(study.pk)  # this process decides with the new policy now
+        return study_public(study, store.study_run_counts(session, study)), created
+
+    result, created = await state.write(work)
     if body.policy is not None:
         log.info(
             "study_policy_set", study_id=study_id, by=who.name, policy=body.policy.model_dump()

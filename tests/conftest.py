@@ -53,7 +53,9 @@ def postgres_server_url() -> Iterator[str]:
         pytest.skip("TEST_POSTGRES_URL is not set")
     base = normalize_url(base)
     name = f"oracle_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    # pre-ping: a test that restarts the server (tests/faults) must not leave this
+    # engine holding a dead connection for the DROP at the end of the session
+    admin = create_engine(base, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     url = make_url(base).set(database=name).render_as_string(hide_password=False)

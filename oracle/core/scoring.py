@@ -17,7 +17,8 @@ Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 class Weights(BaseModel):
     """`score = mqe*w_mqe + te*w_te + dead*w_dead`; the origin project's defaults."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: "0.5" or true is not a weight (a study's policy arrives from a request body)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     mqe: FiniteNonNegative = 1.0
     topographic_error: FiniteNonNegative = 1.0
@@ -40,7 +41,7 @@ class Weights(BaseModel):
 class Threshold(BaseModel):
     """What a run is compared with: a percentile of the study's finished runs, or a value."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     mode: Literal["percentile", "absolute"] = "percentile"
     value: Annotated[float, Field(allow_inf_nan=False)] = 50.0
@@ -55,7 +56,7 @@ class Threshold(BaseModel):
 class StudyPolicy(BaseModel):
     """A study's decision settings. Every field has the documented default."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     weights: Weights = Weights()
     threshold: Threshold = Threshold()

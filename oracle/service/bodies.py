@@ -30,7 +30,13 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 class StrictJSONRequest(Request):
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            self._json = json.loads(await self.body(), object_pairs_hook=_no_duplicate_keys)
+            raw = await self.body()
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                # JSON between systems is UTF-8 (RFC 8259); FastAPI would answer a bare 400.
+                raise json.JSONDecodeError(f"the body is not UTF-8 ({e.reason})", "", 0) from e
+            self._json = json.loads(text, object_pairs_hook=_no_duplicate_keys)
         return self._json
 
 

@@ -34,7 +34,7 @@ class Strict(BaseModel):
 
 def _range_if_finite(low: float, high: float | None) -> Any:
     def check(value: float | None) -> float | None:
-        if value is None or not math.isfinite(value):
+        if value is None or math.isnan(value) or value == math.inf:
             return value  # a diverged map: accepted, stored as non-finite
         if value < low or (high is not None and value > high):
             bound = f"in [{low:g}, {high:g}]" if high is not None else f">= {low:g}"
@@ -193,17 +193,24 @@ class PredictIn(Strict):
     """The seed's partial-sequence JSON plus `max_epochs`."""
 
     max_epochs: Annotated[int, Field(ge=1, le=MAX_EPOCHS)]
-    epochs: Annotated[list[Annotated[int, Field(ge=0, le=MAX_EPOCHS)]], Field(min_length=1)]
-    mqe: list[Mqe]
-    topographic_error: list[Ratio]
-    dead_neuron_ratio: list[Ratio]
-    weights: tuple[float, float, float] | None = None
+    epochs: Annotated[
+        list[Annotated[int, Field(ge=0, le=MAX_EPOCHS)]], Field(min_length=1, max_length=1000)
+    ]
+    mqe: Annotated[list[Mqe], Field(max_length=1000)]
+    topographic_error: Annotated[list[Ratio], Field(max_length=1000)]
+    dead_neuron_ratio: Annotated[list[Ratio], Field(max_length=1000)]
+    # A JSON array of three (strict mode refuses a JSON array for a tuple field).
+    weights: (
+        Annotated[
+            list[Annotated[float, Field(ge=0, allow_inf_nan=False)]],
+            Field(min_length=3, max_length=3),
+        ]
+        | None
+    ) = None
 
     @model_validator(mode="after")
     def _consistent(self) -> PredictIn:
         n = len(self.epochs)
-        if n > 1000:
-            raise ValueError("at most 1000 checkpoints")
         for name in ("mqe", "topographic_error", "dead_neuron_ratio"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"{name} has {len(getattr(self, name))} values; epochs has {n}")

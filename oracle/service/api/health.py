@@ -19,7 +19,10 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={503: {"description": "the database does not answer (with Retry-After)"}},
+)
 def readyz(request: Request) -> JSONResponse:
     """Ready: the database answers, and a policy can decide (the model, or a fallback)."""
     state = state_of(request)
@@ -39,7 +42,11 @@ def readyz(request: Request) -> JSONResponse:
     return JSONResponse(body)
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+)
 def prometheus_metrics() -> Response:
     payload, content_type = metrics.render()
     return Response(payload, media_type=content_type)

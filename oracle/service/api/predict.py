@@ -31,10 +31,14 @@ async def predict(
     history = history_array(rows, body.max_epochs)
     if not np.all(np.isfinite(history[:, 1:4])):
         raise ModelUnavailable("the history has non-finite metrics (a diverged map): no forecast")
-    weights = body.weights or (
-        Weights().mqe,
-        Weights().topographic_error,
-        Weights().dead_neuron_ratio,
+    weights = (
+        tuple(body.weights)
+        if body.weights
+        else (
+            Weights().mqe,
+            Weights().topographic_error,
+            Weights().dead_neuron_ratio,
+        )
     )
     p = predictor.predict(history, weights)
     return PredictionPublic(

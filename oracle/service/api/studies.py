@@ -20,7 +20,7 @@ log = get_logger()
 StudyId = Annotated[str, Path(pattern=ID_PATTERN)]
 
 
-@router.put("/{study_id}", response_model=StudyPublic)
+@router.put("/{study_id}", response_model=StudyPublic, responses={201: {"model": StudyPublic}})
 async def put_study(
     study_id: StudyId,
     body: StudyPut,

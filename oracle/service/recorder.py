@@ -1,12 +1,15 @@
-"""The process's single writer: every write runs on one thread, and checkpoints that arrive
+"""The process's single writer: every write runs on one thread, and writes that arrive
 together are stored together, in one transaction with one commit (group commit).
 
 Why: a commit is an fsync, and SQLite admits one writer at a time. Sixty-four workers posting
 at once cost one fsync per batch instead of one each, and the event loop keeps parsing requests
-while a batch is written. A checkpoint usually costs one guarded UPDATE of its run and its
-share of one multi-row INSERT: the process keeps each running run's history between
-checkpoints, and the UPDATE is a compare-and-swap on the run's last epoch, so a history that
-changed elsewhere (another replica, a finish) is noticed, reloaded and decided again.
+while a batch is written. Each write of a batch but the checkpoints runs in its own SAVEPOINT,
+so one that fails (a conflict, say) takes nothing else with it.
+
+A checkpoint usually costs one guarded UPDATE of its run and its share of one multi-row
+INSERT: the process keeps each running run's history between checkpoints, and the UPDATE is a
+compare-and-swap on the run's last epoch, so a history that changed elsewhere (another
+replica, a finish) is noticed, reloaded and decided again.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from oracle.core import store
@@ -48,6 +52,15 @@ class _Pending:
     future: asyncio.Future[Decision]
 
 
+@dataclass
+class _Work:
+    work: Callable[[Session], Any]
+    future: asyncio.Future[Any]
+
+
+_Item = _Pending | _Work
+
+
 class _SlowPath(Exception):
     """The cached view cannot answer this one (a retry, an ended run, a lost race)."""
 
@@ -58,7 +71,7 @@ class Recorder:
         self.references = references
         self.models = models
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oracle-writer")
-        self._queue: deque[_Pending] = deque()
+        self._queue: deque[_Item] = deque()
         self._draining: asyncio.Task[None] | None = None
         # Touched by the writer thread only.
         self._runs: OrderedDict[str, RunState] = OrderedDict()
@@ -66,13 +79,10 @@ class Recorder:
     # --- any write -----------------------------------------------------------------------
 
     async def write(self, work: Callable[[Session], T]) -> T:
-        """Run `work(session)` in one write transaction on the writer thread."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._in_transaction, work)
-
-    def _in_transaction(self, work: Callable[[Session], T]) -> T:
-        with storage_errors(), self.db.writes.begin() as session:
-            return work(session)
+        """Run `work(session)` on the writer thread, committed with the batch it joins."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Work(work, future))
+        return await future
 
     def forget(self, run_id: str) -> None:
         """Drop a run's cached state (call from a write, i.e. on the writer thread)."""
@@ -82,10 +92,13 @@ class Recorder:
 
     async def record(self, run_id: str, body: CheckpointIn) -> Decision:
         future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(run_id, body, future))
+        self._enqueue(_Pending(run_id, body, future))
+        return await future
+
+    def _enqueue(self, item: _Item) -> None:
+        self._queue.append(item)
         if self._draining is None or self._draining.done():
             self._draining = asyncio.create_task(self._drain())
-        return await future
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
@@ -103,29 +116,41 @@ class Recorder:
                 else:
                     pending.future.set_result(result)
 
-    def _take_batch(self) -> list[_Pending]:
-        """Up to MAX_BATCH pending checkpoints, at most one per run (a run's next one waits)."""
-        batch: list[_Pending] = []
-        later: list[_Pending] = []
+    def _take_batch(self) -> list[_Item]:
+        """Up to MAX_BATCH writes, at most one checkpoint per run (a run's next one waits)."""
+        batch: list[_Item] = []
+        later: list[_Item] = []
         seen: set[str] = set()
         while self._queue and len(batch) < MAX_BATCH:
-            pending = self._queue.popleft()
-            if pending.run_id in seen:
-                later.append(pending)
-            else:
-                seen.add(pending.run_id)
-                batch.append(pending)
+            item = self._queue.popleft()
+            if isinstance(item, _Pending):
+                if item.run_id in seen:
+                    later.append(item)
+                    continue
+                seen.add(item.run_id)
+            batch.append(item)
         self._queue.extendleft(reversed(later))
         return batch
 
-    def _write_batch(self, batch: list[_Pending]) -> list[Decision | BaseException]:
-        results: list[Decision | BaseException | None] = [None] * len(batch)
+    def _write_batch(self, batch: list[_Item]) -> list[Any]:
+        results: list[Any] = [None] * len(batch)
         done: list[tuple[int, RunState, store.HistoryRow]] = []
+        pendings = [(i, p) for i, p in enumerate(batch) if isinstance(p, _Pending)]
         try:
-            with storage_errors(), self.db.write_engine.begin() as conn:
-                self._fill_cache(conn, [p.run_id for p in batch])
+            with storage_errors(), self.db.writes.begin() as session:
+                # Other writes first: the checkpoints below run on Core statements that the
+                # ORM objects of these do not see.
+                for i, item in enumerate(batch):
+                    if isinstance(item, _Work):
+                        try:
+                            with storage_errors(), session.begin_nested():
+                                results[i] = item.work(session)
+                        except Exception as e:  # this write's own failure: the rest goes on
+                            results[i] = e
+                conn = session.connection()
+                self._fill_cache(conn, [p.run_id for _, p in pendings])
                 rows: list[dict[str, Any]] = []
-                for i, pending in enumerate(batch):
+                for i, pending in pendings:
                     try:
                         state, point, row = self._plan(conn, pending)
                     except _SlowPath:
@@ -141,19 +166,23 @@ class Recorder:
                     results[i] = decision_of_verdict(pending.run_id, row)
                 store.insert_checkpoint_rows(conn, rows)
         except OracleError as e:  # storage unavailable: nothing of this batch was stored
-            for pending in batch:
+            for _, pending in pendings:
                 self.forget(pending.run_id)
             return [r if isinstance(r, OracleError) else e for r in results]
-        except Exception:
-            log.exception("checkpoint_batch_failed", size=len(batch))
-            for pending in batch:
+        except Exception as e:
+            log.exception("write_batch_failed", size=len(batch))
+            for _, pending in pendings:
                 self.forget(pending.run_id)
-            results = [r if isinstance(r, OracleError) else None for r in results]
+            # Checkpoints go one at a time below; other writes report the failure.
+            results = [
+                r if isinstance(r, OracleError) else (e if isinstance(item, _Work) else None)
+                for r, item in zip(results, batch, strict=True)
+            ]
             done = []
         for _, state, point in done:
             state.history.append(point)
             state.last_epoch = point[0]
-        for i, pending in enumerate(batch):
+        for i, pending in pendings:
             if results[i] is None:  # one at a time, from the database's truth
                 self.forget(pending.run_id)
                 try:
@@ -162,13 +191,13 @@ class Recorder:
                     )
                 except Exception as e:
                     results[i] = e
-        for result in results:
-            if isinstance(result, Decision):
+        for i, _ in pendings:
+            if isinstance(results[i], Decision):
                 metrics.CHECKPOINTS.inc()
-                metrics.DECISIONS.labels(action=result.action, policy=result.policy).inc()
-        return [r for r in results if r is not None]
+                metrics.DECISIONS.labels(action=results[i].action, policy=results[i].policy).inc()
+        return results
 
-    def _fill_cache(self, conn: Any, run_ids: list[str]) -> None:
+    def _fill_cache(self, conn: Connection, run_ids: list[str]) -> None:
         missing = [r for r in run_ids if r not in self._runs]
         if missing:
             for run_id, state in store.load_run_states(conn, missing).items():

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import sys
 import time
-import uuid
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -41,6 +42,10 @@ class RequestContext:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.log = structlog.get_logger()
+        # A process prefix and a counter: unique across processes, and far cheaper than
+        # uuid4 per request (os.urandom showed up at 7% of the server's CPU under load).
+        self._prefix = f"{os.getpid():x}{os.urandom(3).hex()}"
+        self._counter = itertools.count(1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -50,7 +55,7 @@ class RequestContext:
         for name, value in scope.get("headers", ()):
             if name == b"x-request-id":
                 request_id = value.decode("latin-1")[:64]
-        request_id = request_id or uuid.uuid4().hex[:16]
+        request_id = request_id or f"{self._prefix}-{next(self._counter):x}"
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()

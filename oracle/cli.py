@@ -88,6 +88,99 @@ def import_(
         raise typer.Exit(1)
 
 
+ModelName = Annotated[str, typer.Option("--model", help="standard, bidirectional, lite, attention")]
+
+
+@app.command()
+def train(
+    model: ModelName = "lite",
+    epochs: Annotated[
+        int, typer.Option(min=1, help="Training epochs (early stopping may end sooner)")
+    ] = 200,
+    dataset: Annotated[
+        Path | None, typer.Option(exists=True, help="Train from a file (JSONL or the seed's CSV)")
+    ] = None,
+    watch: Annotated[bool, typer.Option(help="Retrain on a schedule; never exits")] = False,
+    interval: Annotated[
+        float, typer.Option(min=1, help="--watch: retrain at least this often (s)")
+    ] = 3600.0,
+    min_new_runs: Annotated[
+        int, typer.Option(min=1, help="--watch: retrain when this many new runs finished")
+    ] = 50,
+    seed: int = 7,
+    output: Annotated[Path | None, typer.Option(help="Also write the bundle here")] = None,
+    database_url: Annotated[str | None, typer.Option(envvar="DATABASE_URL")] = None,
+) -> None:
+    """Retrain the model, evaluate it, and publish it if it passes the gate."""
+    from oracle.training import commands
+
+    if database_url is None and dataset is None:
+        database_url = DEFAULT_DATABASE_URL
+    summary = commands.train(
+        model=model,
+        epochs=epochs,
+        dataset=str(dataset) if dataset else None,
+        database_url=database_url,
+        watch=watch,
+        interval=interval,
+        min_new_runs=min_new_runs,
+        seed=seed,
+        output=str(output) if output else None,
+    )
+    if "report" in summary:
+        typer.echo(summary["report"])
+    for key in ("version", "bundle", "published", "gate", "retrainings"):
+        if key in summary:
+            typer.echo(f"{key}: {summary[key]}")
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Option("--model", help="A version, 'active', 'default' or a FILE")],
+    dataset: Annotated[Path, typer.Option(exists=True, help="JSONL runs or the seed's CSV")],
+    held_out_only: Annotated[
+        bool, typer.Option(help="Only the runs the model's manifest lists as its test split")
+    ] = False,
+    database_url: Annotated[str | None, typer.Option(envvar="DATABASE_URL")] = None,
+) -> None:
+    """MAE/RMSE per target and by progress, calibration, and the decision backtest."""
+    from oracle.training import commands
+
+    result = commands.evaluate(
+        model, str(dataset), database_url=database_url, held_out_only=held_out_only
+    )
+    typer.echo(result["report"])
+
+
+@app.command()
+def predict(
+    sequence: Annotated[Path, typer.Option(exists=True, help="The seed's partial-sequence JSON")],
+    max_epochs: Annotated[int | None, typer.Option(min=1)] = None,
+    model: Annotated[
+        str | None, typer.Option(help="A version, 'active', 'default' or a FILE")
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Final-score threshold: adds the recommendation")
+    ] = None,
+    confidence: float = 0.9,
+    database_url: Annotated[str | None, typer.Option(envvar="DATABASE_URL")] = None,
+) -> None:
+    """Predicted final metrics (and, with --threshold, continue/stop) for one partial history."""
+    import json
+
+    from oracle.training import commands
+
+    result = commands.predict(
+        str(sequence),
+        max_epochs=max_epochs,
+        model=model,
+        database_url=database_url,
+        threshold=threshold,
+        confidence=confidence,
+    )
+    typer.echo(json.dumps(result, indent=2))
+
+
 @app.command()
 def worker(
     runs: Annotated[int, typer.Option(min=1, help="How many maps to train")] = 8,

@@ -103,6 +103,8 @@ def settings_for(url: str, **overrides: object) -> Settings:
         "log_level": "warning",
         "reference_refresh_s": 0.0,
         "model_poll_s": 0.2,
+        # Tests of the fallback policies need no model; model tests activate their own.
+        "default_model": False,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

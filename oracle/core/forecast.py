@@ -81,7 +81,9 @@ class BundlePredictor:
             out[k] = np.sort(decode_targets(raw, current_metrics(history[: k + 1])), axis=1)
         return out
 
-    def score_quantiles(self, finals: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+    def score_quantiles(
+        self, finals: np.ndarray, weights: Sequence[float] | np.ndarray
+    ) -> np.ndarray:
         """(..., n_levels) score quantiles from (..., 3, n_levels) final quantiles.
 
         Adding the metrics' quantiles level by level is exact when their errors move together

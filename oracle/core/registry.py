@@ -88,3 +88,28 @@ def activate(session: Session, version: str, *, by: str) -> ModelVersion:
     row.status = "published"
     session.flush()
     return row
+
+
+def install_default(session: Session, artifact: bytes, manifest: dict[str, Any]) -> str | None:
+    """Register and activate the shipped model when no version is active (a fresh deployment).
+
+    Returns the version it activated, or None when a model was active already, so a trained
+    or rolled-back choice is never overridden. Its name carries the weights' checksum: the
+    same shipped file is the same version in every process and replica.
+    """
+    if active_version(session) is not None:
+        return None
+    version = f"default-{manifest['architecture']['name']}-{manifest['weights_sha256'][:8]}"
+    exists = session.scalar(select(ModelVersion.pk).where(ModelVersion.version == version))
+    if exists is None:
+        add_version(
+            session,
+            version=version,
+            architecture=str(manifest["architecture"]["name"]),
+            manifest=manifest,
+            artifact=artifact,
+            status="published",
+            reason="the model shipped with the package",
+        )
+    activate(session, version, by="oracle serve (shipped default)")
+    return version

@@ -9,8 +9,10 @@ from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import FastAPI
+from sqlalchemy.orm import Session
 
 from oracle import __version__
+from oracle.core import bundle, registry
 from oracle.core.db import Database, redacted
 from oracle.service import errors, logs, metrics
 from oracle.service.api import dashboard, health, models, predict, runs, studies
@@ -25,6 +27,11 @@ from oracle.service.settings import Settings
 from oracle.service.state import AppState
 
 log = structlog.get_logger()
+
+
+def _install_default_model(session: Session) -> str | None:
+    artifact = bundle.DEFAULT_PATH.read_bytes()
+    return registry.install_default(session, artifact, bundle.load(artifact).manifest)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -47,6 +54,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.oracle = state
         reloader = Reloader(db.reads, holder, load_predictor, settings.model_poll_s)
+        if settings.default_model:
+            try:
+                installed = await state.write(_install_default_model)
+                if installed:
+                    log.info("default_model_activated", version=installed)
+            except Exception as e:  # serve with the median rule; an admin can activate later
+                log.warning("default_model_not_installed", error=str(e))
         try:
             await asyncio.to_thread(reloader.check_once)
         except Exception as e:  # start serving with the fallbacks; the poller retries

@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     # How often each process looks at the registry's active alias (seconds).
     model_poll_s: float = Field(2.0, gt=0)
     db_pool_size: int = Field(5, ge=1)
+    # Activate the model shipped with the package when no version is active, so a fresh
+    # deployment decides with the oracle policy from its first request.
+    default_model: bool = True
     log_level: str = "info"
     log_format: Literal["json", "console"] = "json"
 

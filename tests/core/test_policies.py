@@ -133,3 +133,12 @@ def test_policy_oracle_stops_only_when_confident(
     assert verdict.action == expected
     assert verdict.threshold == pytest.approx(1.4 + 0.2 + 0.05)
     assert verdict.prediction is not None and verdict.prediction.model_version == "test-1"
+
+
+def test_policy_warmup_carries_the_forecast_when_a_model_is_loaded() -> None:
+    quantiles = {0.1: 2.0, 0.5: 2.5, 0.9: 3.0}
+    s = situation([(0.05, 1.0)], predictor=FixedPredictor(quantiles))
+    verdict = decide(chain_for("auto"), s)
+    assert (verdict.action, verdict.policy) == ("continue", "warmup")
+    assert verdict.prediction is not None and verdict.prediction.score == 2.5
+    assert decide(chain_for("auto"), situation([(0.05, 1.0)])).prediction is None

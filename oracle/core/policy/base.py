@@ -61,6 +61,16 @@ class Situation:
     def scores(self) -> np.ndarray:
         return self.policy.weights.scores(self.history[:, 1:4])
 
+    def predict(self) -> Prediction | None:
+        """The model's forecast of this run with the study's weights; None without a model
+        or for a history with non-finite metrics (nothing to forecast from)."""
+        if self.predictor is None or not np.all(np.isfinite(self.history[:, 1:4])):
+            return None
+        w = self.policy.weights
+        return self.predictor.predict(
+            self.history, (w.mqe, w.topographic_error, w.dead_neuron_ratio)
+        )
+
 
 @dataclass(frozen=True)
 class Verdict:

@@ -11,16 +11,10 @@ class OraclePolicy(Policy):
     name = "oracle"
 
     def decide(self, situation: Situation) -> Verdict | None:
-        predictor = situation.predictor
-        if predictor is None:
+        prediction = situation.predict()
+        if prediction is None:
             return None  # no active model: the next policy (the median rule) answers
         settings = situation.policy
-        weights = (
-            settings.weights.mqe,
-            settings.weights.topographic_error,
-            settings.weights.dead_neuron_ratio,
-        )
-        prediction = predictor.predict(situation.history, weights)
         threshold = situation.thresholds.final
         if not math.isfinite(threshold):
             return None

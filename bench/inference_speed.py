@@ -1,0 +1,91 @@
+"""Serving speed: the NumPy predictor vs Keras `model.predict` on the same weights.
+
+    python bench/inference_speed.py [--steps 16] [--keras-calls 30] [--numpy-calls 2000]
+
+Per architecture: median seconds of one prediction for a history of `--steps` checkpoints by
+Keras predict, by the NumPy predictor over the whole history, and by the NumPy predictor when
+the run's state is carried from its previous checkpoint (what the service does for a run that
+reports checkpoint after checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from oracle.core.bundle import Bundle
+from oracle.core.features import N_TARGETS, encode_history
+from oracle.core.forecast import BundlePredictor
+from oracle.training import models
+from oracle.training.config import TrainConfig
+
+WEIGHTS = (1.0, 1.0, 0.5)
+
+
+def median_seconds(call: Callable[[], object], n: int) -> float:
+    call()  # warm-up (Keras builds its predict function on the first call)
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def history_of(steps: int) -> np.ndarray:
+    progress = np.geomspace(1 / 100, 1.0, steps) * 0.5
+    mqe = 2.0 * np.exp(-3 * progress) + 0.5
+    return np.column_stack([progress, mqe, 0.3 - 0.1 * progress, 0.2 - 0.05 * progress])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--keras-calls", type=int, default=30)
+    parser.add_argument("--numpy-calls", type=int, default=2000)
+    parser.add_argument("--models", default="lite,standard,attention,bidirectional")
+    args = parser.parse_args()
+    levels = TrainConfig().quantile_levels
+    history = history_of(args.steps)
+    print(
+        f"history of {args.steps} checkpoints; median of {args.keras_calls} Keras calls and "
+        f"{args.numpy_calls} NumPy calls\n"
+    )
+    print("| model | Keras predict | NumPy, whole history | ratio | NumPy, state carried | ratio |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name in args.models.split(","):
+        print(row(name, levels, history, args.keras_calls, args.numpy_calls), flush=True)
+
+
+def row(name: str, levels: tuple[float, ...], history: np.ndarray, n_keras: int, n_np: int) -> str:
+    x = encode_history(history)[None].astype(np.float32)
+    spec = models.architecture(name, N_TARGETS * len(levels), 0.2)
+    model = models.build(spec, seed=1)
+    manifest = {"architecture": spec, "quantile_levels": list(levels), "interval_scale": 1.0}
+    weights = models.export_weights(model, spec)
+    full = BundlePredictor("bench", Bundle(manifest, weights), cache_runs=0)
+    carried = BundlePredictor("bench", Bundle(manifest, weights))
+    keras_s = median_seconds(lambda: model.predict(x, verbose=0), n_keras)
+    full_s = median_seconds(lambda: full.predict(history, WEIGHTS), n_np)
+    step_s = full_s
+    if carried.network.causal:
+        times = []
+        for _ in range(n_np):
+            carried._cache.clear()
+            carried.predict(history[:-1], WEIGHTS)  # the run's previous checkpoint
+            started = time.perf_counter()
+            carried.predict(history, WEIGHTS)
+            times.append(time.perf_counter() - started)
+        step_s = statistics.median(times)
+    return (
+        f"| {name} | {keras_s * 1e3:.1f} ms | {full_s * 1e6:.0f} µs | {keras_s / full_s:.0f}x "
+        f"| {step_s * 1e6:.0f} µs | {keras_s / step_s:.0f}x |"
+    )
+
+
+if __name__ == "__main__":
+    main()

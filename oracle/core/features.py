@@ -1,0 +1,111 @@
+"""The feature schema shared by training and serving: a history -> model input, and the targets.
+
+Everything is scale-free (MQE relative to the run's own first checkpoint, targets relative to
+the current values), so data sets whose MQE differs by 10x train one model. NumPy only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Bump on any change to what `encode_history` or the target encoding computes: a bundle trained
+# on another version is refused at load, so serving never feeds a model features it never saw.
+FEATURE_SCHEMA_VERSION = 1
+
+FEATURES = (
+    "progress",
+    "log_progress",
+    "log_mqe_ratio",
+    "topographic_error",
+    "dead_ratio",
+    "finite",
+)
+N_FEATURES = len(FEATURES)
+TARGETS = ("log_final_mqe_ratio", "final_te_delta", "final_dead_delta")
+N_TARGETS = len(TARGETS)
+
+# Below this MQE a log ratio is meaningless (a perfect fit); clipping keeps it finite.
+_MQE_FLOOR = 1e-9
+# log10 of progress resolves the log-spaced early checkpoints; clipped so epoch 0 is finite.
+_PROGRESS_FLOOR = 1e-3
+# Log MQE ratios are clipped to +-LOG_RATIO_LIMIT (x22,000): real data holds blown-up maps
+# with MQE 1e31 that would otherwise dominate the loss; past that ratio a run is lost anyway.
+LOG_RATIO_LIMIT = 10.0
+
+
+def _filled(history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Metrics (n, 3) with non-finite rows forward-filled, and the per-row finite flag.
+
+    A diverged map keeps its last finite values (or neutral ones before any): the model sees
+    a flag, never a NaN. Every value of row t depends only on rows <= t (causal).
+    """
+    metrics = np.array(history[:, 1:4], dtype=np.float64)
+    finite: np.ndarray = np.all(np.isfinite(metrics), axis=1)
+    if finite.all():  # the common case, and the serving hot path: no Python loop
+        return metrics, finite
+    last = np.array([1.0, 0.0, 0.0])
+    for i in range(metrics.shape[0]):
+        if finite[i]:
+            last = metrics[i]
+        else:
+            metrics[i] = last
+    return metrics, finite
+
+
+def current_metrics(history: np.ndarray) -> np.ndarray:
+    """The metrics (3,) that the targets are relative to: the last finite row's values."""
+    metrics, _ = _filled(history)
+    out: np.ndarray = metrics[-1]
+    return out
+
+
+def encode_history(history: np.ndarray) -> np.ndarray:
+    """(n, 4) history of (progress, mqe, te, dead; NaN = non-finite) -> (n, N_FEATURES) input.
+
+    Causal: row t of the result depends only on rows <= t, so a model may carry its state
+    from one checkpoint to the next, and one pass over a run yields every prefix's input.
+    """
+    history = np.asarray(history, dtype=np.float64)
+    if history.ndim != 2 or history.shape[1] != 4 or history.shape[0] == 0:
+        raise ValueError(f"a history is a non-empty (n, 4) array, got shape {history.shape}")
+    metrics, finite = _filled(history)
+    progress = history[:, 0]
+    if not np.isfinite(progress).all():
+        progress = np.nan_to_num(progress, nan=0.0, posinf=1.0, neginf=0.0)
+    mqe = np.maximum(metrics[:, 0], _MQE_FLOOR)
+    out = np.empty((history.shape[0], N_FEATURES), dtype=np.float64)
+    out[:, 0] = progress
+    out[:, 1] = np.log10(np.maximum(progress, _PROGRESS_FLOOR)) / 3.0  # in [-1, 0] for p <= 1
+    out[:, 2] = np.clip(np.log(mqe / mqe[0]), -LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
+    out[:, 3] = metrics[:, 1]
+    out[:, 4] = metrics[:, 2]
+    out[:, 5] = finite.astype(np.float64)
+    return out
+
+
+def encode_targets(history: np.ndarray, final: np.ndarray) -> np.ndarray:
+    """(n, N_TARGETS): the finals (3,) relative to each row's current values."""
+    metrics, _ = _filled(np.asarray(history, dtype=np.float64))
+    final = np.asarray(final, dtype=np.float64)
+    out = np.empty((metrics.shape[0], N_TARGETS), dtype=np.float64)
+    ratio = np.log(max(final[0], _MQE_FLOOR) / np.maximum(metrics[:, 0], _MQE_FLOOR))
+    out[:, 0] = np.clip(ratio, -LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
+    out[:, 1] = final[1] - metrics[:, 1]
+    out[:, 2] = final[2] - metrics[:, 2]
+    return out
+
+
+def decode_targets(encoded: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """Inverse of `encode_targets` for one row's current metrics, on any trailing shape.
+
+    `encoded` is (3, ...) (e.g. (3, n_quantiles)); every map is monotonic, so quantiles of
+    the encoded targets decode to quantiles of the finals. TE and dead are clipped to [0, 1].
+    """
+    encoded = np.asarray(encoded, dtype=np.float64)
+    shape = (3,) + (1,) * (encoded.ndim - 1)
+    cur = np.asarray(current, dtype=np.float64).reshape(shape)
+    out = np.empty_like(encoded)
+    ratio = np.clip(encoded[0], -LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
+    out[0] = np.maximum(cur[0], _MQE_FLOOR) * np.exp(ratio)
+    out[1:] = np.clip(cur[1:] + encoded[1:], 0.0, 1.0)
+    return out

@@ -1,0 +1,1 @@
+"""The retraining job: dataset, architectures, fit, evaluation and backtest, publish, watch."""

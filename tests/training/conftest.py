@@ -1,0 +1,109 @@
+"""Shared pieces of the training tests: the real runs, and bundles with random weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy.orm import Session
+
+from oracle.core import bundle
+from oracle.core.features import N_FEATURES, N_TARGETS
+from oracle.core.tables import Checkpoint, Run, Study
+from oracle.training.config import TrainConfig
+from oracle.training.dataset import RunRecord, load_file
+from oracle.training.models import architecture
+
+LEVELS = TrainConfig().quantile_levels
+
+
+@pytest.fixture(scope="session")
+def runs(data_file: Path) -> list[RunRecord]:
+    return load_file(data_file)
+
+
+@pytest.fixture(scope="session")
+def small_runs(runs: list[RunRecord]) -> list[RunRecord]:
+    """120 runs, every data set and the diverged ones included, in a fixed order."""
+    return runs[::5]
+
+
+def random_weights(
+    spec: dict[str, Any], seed: int = 0, scale: float = 0.3
+) -> dict[str, np.ndarray]:
+    """Weights of the right names and shapes for a layer list, drawn at random."""
+    rng = np.random.default_rng(seed)
+    weights: dict[str, np.ndarray] = {}
+    width = int(spec["n_inputs"])
+    for i, layer in enumerate(spec["layers"]):
+        kind = layer["kind"]
+        if kind == "dense":
+            u = layer["units"]
+            weights |= {
+                f"{i}.kernel": rng.normal(0, scale, (width, u)),
+                f"{i}.bias": rng.normal(0, scale, u),
+            }
+            width = u
+        elif kind in ("lstm", "bilstm"):
+            u = layer["units"]
+            prefixes = [f"{i}"] if kind == "lstm" else [f"{i}.forward", f"{i}.backward"]
+            for p in prefixes:
+                weights[f"{p}.kernel"] = rng.normal(0, scale, (width, 4 * u))
+                weights[f"{p}.recurrent_kernel"] = rng.normal(0, scale, (u, 4 * u))
+                weights[f"{p}.bias"] = rng.normal(0, scale, 4 * u)
+            width = u * len(prefixes)
+        elif kind == "attention":
+            h, k = layer["heads"], layer["key_dim"]
+            for part in ("query", "key", "value"):
+                weights[f"{i}.{part}.kernel"] = rng.normal(0, scale, (width, h, k))
+                weights[f"{i}.{part}.bias"] = rng.normal(0, scale, (h, k))
+            weights[f"{i}.output.kernel"] = rng.normal(0, scale, (h, k, width))
+            weights[f"{i}.output.bias"] = rng.normal(0, scale, width)
+            weights[f"{i}.norm.gamma"] = 1 + rng.normal(0, scale, width)
+            weights[f"{i}.norm.beta"] = rng.normal(0, scale, width)
+    return weights
+
+
+def random_bundle(name: str = "lite", width: float = 0.25, seed: int = 0) -> bytes:
+    spec = architecture(name, N_TARGETS * len(LEVELS), 0.0, width)
+    assert spec["n_inputs"] == N_FEATURES
+    manifest = {"architecture": spec, "quantile_levels": list(LEVELS), "interval_scale": 1.0}
+    artifact, _ = bundle.dump(manifest, random_weights(spec, seed))
+    return artifact
+
+
+def store_runs(session: Session, runs: list[RunRecord], status: str) -> None:
+    """Finished (or other) runs with their checkpoints, as the service would have stored them."""
+    study = Study(study_id="s1", policy={})
+    session.add(study)
+    session.flush()
+    for seq, run in enumerate(runs, start=1):
+        row = Run(
+            run_id=run.run_id,
+            study_pk=study.pk,
+            max_epochs=run.max_epochs,
+            status=status,
+            final_mqe=None if np.isnan(run.final[0]) else float(run.final[0]),
+            final_topographic_error=None if np.isnan(run.final[1]) else float(run.final[1]),
+            final_dead_neuron_ratio=None if np.isnan(run.final[2]) else float(run.final[2]),
+            reference_seq=seq if status == "completed" else None,
+            n_checkpoints=len(run.epochs),
+        )
+        session.add(row)
+        session.flush()
+        for epoch, (p, m, t, d) in zip(run.epochs, run.history, strict=True):
+            session.add(
+                Checkpoint(
+                    run_pk=row.pk,
+                    epoch=int(epoch),
+                    progress=float(p),
+                    mqe=None if np.isnan(m) else float(m),
+                    topographic_error=None if np.isnan(t) else float(t),
+                    dead_neuron_ratio=None if np.isnan(d) else float(d),
+                    action="continue",
+                    policy="warmup",
+                    reason="test",
+                )
+            )

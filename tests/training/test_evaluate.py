@@ -1,0 +1,72 @@
+"""The backtest replays runs through the real policy chain beside the baselines."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from oracle.core import bundle
+from oracle.core.forecast import BundlePredictor
+from oracle.training import evaluate
+from oracle.training.dataset import RunRecord, score_weights
+from tests.training.conftest import random_bundle
+
+
+def _predictor(seed: int = 0) -> BundlePredictor:
+    return BundlePredictor("random", bundle.load(random_bundle(seed=seed)))
+
+
+def test_backtest_on_a_small_subset(small_runs: list[RunRecord]) -> None:
+    weights = score_weights(small_runs)
+    predictor = _predictor()
+    threshold = evaluate.tune_origin_threshold(small_runs, weights)
+    results = evaluate.backtest(small_runs, weights, lambda run: predictor, threshold, seed=3)
+    assert set(results) == {"oracle", "never", "median", "asha", "origin"}
+    never = results["never"]
+    # Never-stop keeps every run but the diverged ones, which the guard stops.
+    assert never.recall_best10 == never.recall_best25 == 1.0
+    assert all(v == 0.0 for v in never.regret.values())
+    assert never.n_stopped == sum(not r.trainable for r in small_runs)
+    for result in results.values():
+        assert 0.0 <= result.epochs_saved < 1.0
+        assert 0.0 <= result.recall_best10 <= 1.0 and 0.0 <= result.accuracy <= 1.0
+        assert result.n_runs == len(small_runs)
+    assert results["median"].epochs_saved > never.epochs_saved
+    assert results["asha"].epochs_saved > never.epochs_saved
+
+
+def test_backtest_is_repeatable_and_order_matters(small_runs: list[RunRecord]) -> None:
+    weights = score_weights(small_runs)
+    predictor = _predictor()
+    a = evaluate.backtest(small_runs, weights, lambda run: predictor, 1.5, seed=3)
+    b = evaluate.backtest(small_runs, weights, lambda run: predictor, 1.5, seed=3)
+    assert evaluate.backtest_dict(a) == evaluate.backtest_dict(b)
+    c = evaluate.backtest(small_runs, weights, lambda run: predictor, 1.5, seed=4)
+    assert evaluate.backtest_dict(a)["median"] != evaluate.backtest_dict(c)["median"]
+
+
+def test_prediction_report_by_progress_and_calibration(small_runs: list[RunRecord]) -> None:
+    weights = score_weights(small_runs)
+    predictor = _predictor()
+    report = evaluate.prediction_report(predictor, small_runs, weights)
+    assert report["n_runs"] == sum(r.trainable for r in small_runs)
+    assert set(report["by_progress"]) == {"10%", "20%", "30%", "50%"}
+    for entry in [report["overall"], *report["by_progress"].values()]:
+        assert 0 <= entry["score_mae"] <= entry["score_rmse"] <= evaluate.ERROR_CAP
+    assert 0.0 <= report["coverage_80"] <= 1.0
+
+
+def test_interval_scale_reaches_the_wanted_coverage(small_runs: list[RunRecord]) -> None:
+    weights = score_weights(small_runs)
+    predictor = _predictor()
+    predictor.interval_scale = evaluate.fit_interval_scale(predictor, small_runs, weights, 0.8)
+    coverage = evaluate.prediction_report(predictor, small_runs, weights)["coverage_80"]
+    if 0.05 < predictor.interval_scale < 20.0:  # not at the clip
+        assert abs(coverage - 0.8) < 0.02
+
+
+def test_never_stop_saves_nothing_on_finished_runs(small_runs: list[RunRecord]) -> None:
+    finished = [r for r in small_runs if r.trainable]
+    weights = score_weights(finished)
+    results = evaluate.backtest(finished, weights, lambda run: None, np.inf, seed=1)
+    assert results["never"].epochs_saved == 0.0
+    assert results["origin"].epochs_saved == 0.0  # an infinite threshold never stops

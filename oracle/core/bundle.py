@@ -64,7 +64,11 @@ def dump(
     _check_manifest(stored)
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr(MANIFEST_NAME, json.dumps(stored, indent=1, sort_keys=True))
+        # allow_nan=False: Postgres refuses NaN/Infinity in JSON, so a manifest holding one
+        # would publish on SQLite and fail on Postgres; it fails here, on both, instead.
+        archive.writestr(
+            MANIFEST_NAME, json.dumps(stored, indent=1, sort_keys=True, allow_nan=False)
+        )
         archive.writestr(WEIGHTS_NAME, packed)
     artifact = out.getvalue()
     load(artifact)  # never write what we could not read back

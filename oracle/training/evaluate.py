@@ -285,7 +285,8 @@ class BacktestResult:
     epochs_saved: float
     recall_best10: float
     recall_best25: float
-    regret: dict[str, float]  # per group: best kept final score - best final score
+    # Per group: best kept final score - best final score; None when no run of it was kept.
+    regret: dict[str, float | None]
     accuracy: float  # stopped <=> final worse than the group's median final score
     n_runs: int
     n_stopped: int
@@ -329,7 +330,9 @@ def replay(
     for group in np.unique(groups):
         members = groups == group
         kept = ranked[members & ~stopped]
-        regret[str(group)] = float(kept.min() - ranked[members].min()) if kept.size else math.inf
+        gap = float(kept.min() - ranked[members].min()) if kept.size else None
+        # inf - inf (a group of diverged runs only) has no regret to speak of either.
+        regret[str(group)] = gap if gap is not None and math.isfinite(gap) else None
         truth[members] = ranked[members] > np.median(ranked[members])
     return BacktestResult(
         policy=decider.name,
@@ -377,7 +380,7 @@ def format_report(prediction: dict[str, Any], results: dict[str, dict[str, Any]]
     for name, r in results.items():
         lines.append(
             f"| {name} | {r['epochs_saved']:.1%} | {r['recall_best10']:.1%} | "
-            f"{r['recall_best25']:.1%} | {max(r['regret'].values()):.4f} | {r['accuracy']:.1%} |"
+            f"{r['recall_best25']:.1%} | {_max_regret(r['regret'])} | {r['accuracy']:.1%} |"
         )
     lines.append("")
     lines.append(
@@ -397,3 +400,9 @@ def format_report(prediction: dict[str, Any], results: dict[str, dict[str, Any]]
             f"{e['dead_neuron_ratio_mae']:.4f} | {coverage:.1%} |"
         )
     return "\n".join(lines)
+
+
+def _max_regret(regret: dict[str, float | None]) -> str:
+    if any(v is None for v in regret.values()):
+        return "a group lost every run"
+    return f"{max((v for v in regret.values() if v is not None), default=0.0):.4f}"

@@ -107,3 +107,10 @@ def test_a_registry_manifest_that_disagrees_is_refused() -> None:
     manifest["quantile_levels"] = [0.25, 0.5, 0.75]
     with pytest.raises(ModelUnavailable):
         load_predictor("v1", manifest, artifact)
+
+
+def test_bundle_refuses_a_manifest_with_non_finite_numbers() -> None:
+    loaded = bundle.load(random_bundle())
+    manifest = {**loaded.manifest, "metrics": {"regret": float("inf")}}
+    with pytest.raises(ValueError, match=r"JSON compliant|Out of range"):
+        bundle.dump(manifest, loaded.weights)

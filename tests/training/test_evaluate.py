@@ -70,3 +70,33 @@ def test_never_stop_saves_nothing_on_finished_runs(small_runs: list[RunRecord]) 
     results = evaluate.backtest(finished, weights, lambda run: None, np.inf, seed=1)
     assert results["never"].epochs_saved == 0.0
     assert results["origin"].epochs_saved == 0.0  # an infinite threshold never stops
+
+
+def test_backtest_regret_of_a_group_that_lost_every_run_is_null_not_infinite(
+    small_runs: list[RunRecord],
+) -> None:
+    # A predictor sure that every run ends terribly stops every run past warm-up; a study with
+    # few runs then keeps none, which once put Infinity in the manifest (Postgres refuses it).
+    import json
+
+    from oracle.core.policy import Prediction
+
+    class Doom:
+        version = "doom"
+
+        def predict(self, history: np.ndarray, weights: object) -> Prediction:
+            return Prediction((1e3, 1.0, 1.0), 1e3, {0.1: 1e3, 0.5: 1e3, 0.9: 1e3}, "doom")
+
+    runs = [r for r in small_runs if r.trainable][:12]
+    weights = score_weights(runs)
+    results = evaluate.backtest(runs, weights, lambda run: Doom(), 1.0, seed=3)  # type: ignore[arg-type,return-value]
+    table = evaluate.backtest_dict(results)
+    json.dumps(table, allow_nan=False)  # storable in Postgres JSON
+    assert all(v is None or np.isfinite(v) for v in results["oracle"].regret.values())
+    # Diverged runs only: the guard stops them all, so the group keeps nothing.
+    diverged = [r for r in small_runs if not r.trainable]
+    assert diverged, "the fixture should hold diverged runs"
+    lost = evaluate.backtest(diverged, score_weights(small_runs), lambda run: Doom(), 1.0, seed=3)  # type: ignore[arg-type,return-value]
+    assert None in lost["never"].regret.values()
+    lines = evaluate.format_report({}, evaluate.backtest_dict(lost)).splitlines()
+    assert any("a group lost every run" in line for line in lines)

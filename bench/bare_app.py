@@ -1,0 +1,91 @@
+"""The real app plus bench-only "bare" routes: same body validation and auth, constant answers.
+
+Started by bench/replay.py as `uvicorn bench.bare_app:create --factory`, so that the checkpoint
+endpoint and its bare twin are measured in the same process with the same settings. The bare
+routes are what the service would cost if storing and deciding were free.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from fastapi import Depends, FastAPI
+
+from oracle.service.api.runs import RunId
+from oracle.service.auth import Principal, Role, require
+from oracle.service.main import create_app
+from oracle.service.schemas import (
+    CheckpointIn,
+    Decision,
+    RunCreate,
+    RunFinish,
+    RunPublic,
+)
+from oracle.service.settings import Settings
+
+BARE_DECISION = Decision(
+    run_id="bare",
+    epoch=0,
+    action="continue",
+    reason="the bare endpoint always continues",
+    policy="bare",
+)
+BARE_RUN = RunPublic(
+    run_id="bare",
+    study_id="bare",
+    max_epochs=1,
+    config=None,
+    dataset=None,
+    status="running",
+    last_epoch=None,
+    n_checkpoints=0,
+    final=None,
+    created_at=datetime(2026, 1, 1, tzinfo=UTC),
+    finished_at=None,
+)
+
+
+async def bare_checkpoint(
+    run_id: RunId, body: CheckpointIn, _: Principal = Depends(require(Role.worker))
+) -> Decision:
+    """Validates a checkpoint body like the real route, stores nothing, always continues."""
+    return BARE_DECISION
+
+
+async def bare_put_run(
+    run_id: RunId, body: RunCreate, _: Principal = Depends(require(Role.worker))
+) -> RunPublic:
+    return BARE_RUN
+
+
+async def bare_finish(
+    run_id: RunId, body: RunFinish, _: Principal = Depends(require(Role.worker))
+) -> RunPublic:
+    return BARE_RUN
+
+
+def create(settings: Settings | None = None) -> FastAPI:
+    """`create_app(settings)` with the bare routes under /bench/bare/."""
+    app = create_app(settings)
+    app.add_api_route(
+        "/bench/bare/{run_id}/checkpoints",
+        bare_checkpoint,
+        methods=["POST"],
+        response_model=Decision,
+        include_in_schema=False,
+    )
+    app.add_api_route(
+        "/bench/bare/{run_id}",
+        bare_put_run,
+        methods=["PUT"],
+        response_model=RunPublic,
+        include_in_schema=False,
+    )
+    app.add_api_route(
+        "/bench/bare/{run_id}/finish",
+        bare_finish,
+        methods=["POST"],
+        response_model=RunPublic,
+        include_in_schema=False,
+    )
+    return app

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from oracle.core.errors import Conflict, NotFound
@@ -113,3 +113,13 @@ def install_default(session: Session, artifact: bytes, manifest: dict[str, Any])
         )
     activate(session, version, by="oracle serve (shipped default)")
     return version
+
+
+def count_by_status(session: Session) -> dict[str, int]:
+    """How many versions the training job published, rejected or left as candidates."""
+    rows = session.execute(
+        select(ModelVersion.status, func.count()).group_by(ModelVersion.status)
+    ).all()
+    counts = dict.fromkeys(STATUSES, 0)
+    counts.update({str(status): int(n) for status, n in rows})
+    return counts

@@ -33,6 +33,14 @@ ACTIVE_MODEL = Gauge(
     ["version"],
     multiprocess_mode="liveall",
 )
+# The training job runs in its own process (or container); its outcomes are in the registry,
+# which every API process reads when it polls the active alias.
+MODEL_VERSIONS = Gauge(
+    "oracle_model_versions",
+    "Model versions in the registry by status: retraining outcomes (published, rejected)",
+    ["status"],
+    multiprocess_mode="max",
+)
 STORAGE_ERRORS = Counter("oracle_storage_unavailable_total", "Requests answered 503: storage")
 
 

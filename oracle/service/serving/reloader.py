@@ -38,6 +38,8 @@ class Reloader:
     def check_once(self) -> bool:
         """One poll; True when a new model was swapped in. Never raises for a bad artifact."""
         with self.sessions.begin() as session:
+            for status, n in registry.count_by_status(session).items():
+                metrics.MODEL_VERSIONS.labels(status=status).set(n)
             wanted = registry.active_version(session)
             if wanted is None or wanted == self.holder.version or wanted == self.failed_version:
                 return False

@@ -108,7 +108,8 @@ def test_bad_model_keeps_the_previous_one_serving(sqlite_url: str, tmp_path: Pat
 def test_bad_model_without_a_previous_one_falls_back_to_the_median_rule(
     sqlite_url: str, tmp_path: Path
 ) -> None:
-    server = Server(sqlite_url, tmp_path / "server.log").start()
+    # No shipped default either: the broken version is the only one there is.
+    server = Server(sqlite_url, tmp_path / "server.log", env={"ORACLE_DEFAULT_MODEL": "0"}).start()
     try:
         good = random_bundle()
         _publish(sqlite_url, "broken", bundle.load(good).manifest, b"garbage")

@@ -395,25 +395,7 @@ def reference_histories_since(
     ).all()
     if not runs:
         return []
-    by_run: dict[int, list[tuple[int, float | None, float | None, float | None]]] = {
-        r.pk: [] for r in runs
-    }
-    for chunk_start in range(0, len(runs), 500):
-        pks = [r.pk for r in runs[chunk_start : chunk_start + 500]]
-        for row in session.execute(
-            select(
-                Checkpoint.run_pk,
-                Checkpoint.epoch,
-                Checkpoint.mqe,
-                Checkpoint.topographic_error,
-                Checkpoint.dead_neuron_ratio,
-            )
-            .where(Checkpoint.run_pk.in_(pks))
-            .order_by(Checkpoint.run_pk, Checkpoint.epoch)
-        ):
-            by_run[row.run_pk].append(
-                (row.epoch, row.mqe, row.topographic_error, row.dead_neuron_ratio)
-            )
+    by_run = histories_of(session, [r.pk for r in runs])
     return [
         (
             r.reference_seq,
@@ -494,16 +476,26 @@ class RunState:
 
 
 def load_run_states(conn: Connection, run_ids: Sequence[str]) -> dict[str, RunState]:
-    """The named runs with their histories: two queries, whatever the number of runs."""
+    """The named runs with their histories: two queries for up to 500 runs."""
     states = {
         r.run_id: RunState(r.pk, r.run_id, r.study_pk, r.max_epochs, r.status, r.last_epoch, [])
         for r in conn.execute(_RUN_STATES, {"run_ids": list(run_ids)})
     }
-    by_pk = {s.pk: s for s in states.values()}
-    if by_pk:
-        for row in conn.execute(_HISTORIES, {"run_pks": list(by_pk)}):
-            by_pk[row[0]].history.append((row[1], row[2], row[3], row[4]))
+    histories = histories_of(conn, [s.pk for s in states.values()])
+    for state in states.values():
+        state.history = histories[state.pk]
     return states
+
+
+def histories_of(conn: Session | Connection, run_pks: Sequence[int]) -> dict[int, list[HistoryRow]]:
+    """The stored histories of these runs, each in epoch order; one query per 500 runs, each
+    a walk of the checkpoints' primary key."""
+    out: dict[int, list[HistoryRow]] = {pk: [] for pk in run_pks}
+    for start in range(0, len(run_pks), 500):
+        chunk = list(run_pks[start : start + 500])
+        for row in conn.execute(_HISTORIES, {"run_pks": chunk}):
+            out[row[0]].append((row[1], row[2], row[3], row[4]))
+    return out
 
 
 def advance_run(conn: Connection, state: RunState, epoch: int) -> bool:

@@ -18,9 +18,10 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from oracle.core import store
 from oracle.core.features import N_FEATURES, N_TARGETS, encode_history, encode_targets
 from oracle.core.scoring import Weights
-from oracle.core.tables import Checkpoint, Run, Study
+from oracle.core.tables import Run, Study
 
 # Padding value of the training arrays; no real step has every feature equal to it (progress
 # lies in [0, 1]), so Keras' Masking layer skips exactly the padding.
@@ -160,19 +161,7 @@ def load_database(session: Session, max_runs: int) -> tuple[list[RunRecord], dic
         .where(Run.pk.in_(select(pks.c.pk)))
         .order_by(Run.pk)
     ).all()
-    rows: dict[int, list[tuple[int, Any, Any, Any]]] = {r.pk: [] for r in runs}
-    for start in range(0, len(runs), 500):
-        chunk = [r.pk for r in runs[start : start + 500]]
-        for c in session.execute(
-            select(
-                Checkpoint.run_pk,
-                Checkpoint.epoch,
-                Checkpoint.mqe,
-                Checkpoint.topographic_error,
-                Checkpoint.dead_neuron_ratio,
-            ).where(Checkpoint.run_pk.in_(chunk))
-        ):
-            rows[c.run_pk].append((c.epoch, c.mqe, c.topographic_error, c.dead_neuron_ratio))
+    rows = store.histories_of(session, [r.pk for r in runs])
     records = [
         _record(
             r.run_id,

@@ -97,3 +97,8 @@ def test_tokens_never_logged_and_admin_actions_name_their_author(
     assert policy_set and all(e["by"] == admin for e in policy_set), policy_set
     activated = [e for e in events if e.get("event") == "model_activated"]
     assert activated and all(e["by"] == admin for e in activated), activated
+    # Structured logs: a request's lines carry its id; start-up says database, model and auth.
+    assert all(e.get("request_id") for e in policy_set + activated)
+    started = [e for e in events if e.get("event") == "started"]
+    assert started and {"database", "backend", "model_version", "auth"} <= started[0].keys()
+    assert started[0]["auth"] == "tokens"

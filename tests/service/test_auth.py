@@ -34,6 +34,7 @@ ENDPOINTS = [
     ("GET", "/v1/models", None, "reader"),
     ("GET", "/v1/models/active", None, "reader"),
     ("POST", "/v1/models/v1/activate", None, "admin"),
+    ("GET", "/v1/dashboard/summary", None, "reader"),
 ]
 RANK = {"reader": 1, "worker": 2, "admin": 3}
 

@@ -172,7 +172,7 @@ def explain(url: str) -> dict[str, str]:
         assert run is not None
         run_id = run.run_id
         steps = {
-            "reference_count": lambda: store.reference_count(session, study.pk),
+            "study_state": lambda: store.study_state(session, study.pk),
             "reference_histories_since": lambda: store.reference_histories_since(
                 session, study.pk, RUNS_PER_STUDY - 5
             ),

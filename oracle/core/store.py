@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, func, select, update
@@ -359,12 +358,6 @@ def finish_run(session: Session, run: Run, status: str, final: Metrics | None) -
 # --- the reference set -----------------------------------------------------------------------
 
 
-def reference_count(session: Session | Connection, study_pk: int) -> int:
-    return int(
-        session.execute(select(Study.reference_runs).where(Study.pk == study_pk)).scalar_one()
-    )
-
-
 def study_state(session: Session | Connection, study_pk: int) -> tuple[int, StudyPolicy]:
     """How many runs joined the study's reference set, and its policy: one primary-key read."""
     row = session.execute(
@@ -405,10 +398,6 @@ def reference_histories_since(
         )
         for r in runs
     ]
-
-
-def last_activity(session: Session) -> datetime | None:
-    return session.scalar(select(func.max(Run.created_at)))
 
 
 # --- the batched hot path --------------------------------------------------------------------

@@ -150,7 +150,12 @@ def ensure_migrated(url: str) -> None:
 
     from oracle.migrations import HEAD
 
-    engine = create_engine(normalize_url(url))
+    url = normalize_url(url)
+    path = _sqlite_file(url) if is_sqlite(url) else None
+    if path is not None and not path.exists():
+        upgrade(url)  # a new file (and its folder): nothing to check
+        return
+    engine = create_engine(url)
     try:
         with engine.connect() as conn:
             if inspect(conn).has_table("alembic_version"):

@@ -43,7 +43,7 @@ def test_migrations_head_constant_is_the_newest_revision(tmp_path: object) -> No
     from oracle.core.db import ensure_migrated
     from oracle.migrations import HEAD
 
-    url = f"sqlite:///{tmp_path}/h.db"
+    url = f"sqlite:///{tmp_path}/fresh/var/h.db"  # a folder that does not exist yet
     assert ScriptDirectory.from_config(alembic_config(url)).get_current_head() == HEAD
     ensure_migrated(url)  # an empty file is migrated
     engine = create_engine(url)

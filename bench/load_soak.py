@@ -15,7 +15,6 @@ import json
 import os
 import sys
 import tempfile
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,11 +22,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
-from oracle.core.db import normalize_url, upgrade
+from oracle.core.db import upgrade
 from tests.load.harness import Server, lost_or_changed, run_swarm
+from tests.scratch import postgres_database
 
 
 @contextmanager
@@ -41,19 +39,8 @@ def scratch_database(backend: str, workdir: Path) -> Iterator[str]:
     base = os.environ.get("TEST_POSTGRES_URL")
     if not base:
         raise SystemExit("set TEST_POSTGRES_URL for the Postgres run")
-    base = normalize_url(base)
-    name = f"oracle_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(base).set(database=name).render_as_string(hide_password=False)
-    try:
-        upgrade(url)
+    with postgres_database(base, "oracle_bench") as url:
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def soak(backend: str, seconds: float, workers: int, servers: int) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the scratch-database helper lives in tests/
 DATA_FILE = ROOT.parent / "shared" / "data" / "minisom_runs.jsonl"
 TOKEN = "bench-worker-token"
 TOKENS = f"worker:{TOKEN},admin:bench-admin-token"
@@ -538,10 +539,7 @@ def bench_server_cmd(port: int, server_workers: int) -> list[str]:
 @contextlib.contextmanager
 def fresh_database(backend: str, pg_url: str, tmp: Path) -> Iterator[str]:
     """A new, migrated database; removed afterwards."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    from oracle.core.db import normalize_url, upgrade
+    from oracle.core.db import upgrade
 
     if backend == "sqlite":
         path = tmp / f"bench-{uuid.uuid4().hex[:8]}.db"
@@ -553,19 +551,10 @@ def fresh_database(backend: str, pg_url: str, tmp: Path) -> Iterator[str]:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
         return
-    base = normalize_url(pg_url)
-    name = f"oracle_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(base).set(database=name).render_as_string(hide_password=False)
-    try:
-        upgrade(url)
+    from tests.scratch import postgres_database
+
+    with postgres_database(pg_url, "oracle_bench") as url:
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 # --- one measurement ---------------------------------------------------------------------------

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
-from oracle.core.db import normalize_url, upgrade
+from oracle.core.db import upgrade
 from oracle.service.main import create_app
 from oracle.service.settings import Settings
+from tests.scratch import postgres_database
 
 DATA_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "minisom_runs.jsonl"
 TOKENS = {"worker": "worker-secret", "admin": "admin-secret", "reader": "reader-secret"}
@@ -51,19 +50,8 @@ def postgres_server_url() -> Iterator[str]:
     base = os.environ.get("TEST_POSTGRES_URL")
     if not base:
         pytest.skip("TEST_POSTGRES_URL is not set")
-    base = normalize_url(base)
-    name = f"oracle_test_{uuid.uuid4().hex[:10]}"
-    # pre-ping: a test that restarts the server (tests/faults) must not leave this
-    # engine holding a dead connection for the DROP at the end of the session
-    admin = create_engine(base, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(base).set(database=name).render_as_string(hide_password=False)
-    upgrade(url)
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with postgres_database(base, "oracle_test") as url:
+        yield url
 
 
 def _truncate(url: str) -> None:

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, func, select, update
+from sqlalchemy import (
+    Connection,
+    Integer,
+    Table,
+    bindparam,
+    column,
+    func,
+    select,
+    update,
+    values,
+)
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -428,26 +440,6 @@ _HISTORIES = (
     .order_by(_checkpoints.c.run_pk, _checkpoints.c.epoch)
 )
 
-# Compare-and-swap on the run row: it advances only if nobody else (another process, another
-# replica) stored a checkpoint or ended the run since this process last looked.
-_ADVANCE_FROM = (
-    update(_runs)
-    .where(
-        _runs.c.pk == bindparam("b_pk"),
-        _runs.c.status == "running",
-        _runs.c.last_epoch == bindparam("b_expected"),
-    )
-    .values(last_epoch=bindparam("b_epoch"), n_checkpoints=_runs.c.n_checkpoints + 1)
-)
-_ADVANCE_FIRST = (
-    update(_runs)
-    .where(
-        _runs.c.pk == bindparam("b_pk"),
-        _runs.c.status == "running",
-        _runs.c.last_epoch.is_(None),
-    )
-    .values(last_epoch=bindparam("b_epoch"), n_checkpoints=_runs.c.n_checkpoints + 1)
-)
 _INSERT_CHECKPOINTS = _checkpoints.insert()
 
 
@@ -487,19 +479,196 @@ def histories_of(conn: Session | Connection, run_pks: Sequence[int]) -> dict[int
     return out
 
 
-def advance_run(conn: Connection, state: RunState, epoch: int) -> bool:
-    """Move the run's last epoch from what `state` says to `epoch`; False if it moved already."""
-    if state.last_epoch is None:
-        result = conn.execute(_ADVANCE_FIRST, {"b_pk": state.pk, "b_epoch": epoch})
-    else:
-        result = conn.execute(
-            _ADVANCE_FROM,
-            {"b_pk": state.pk, "b_expected": state.last_epoch, "b_epoch": epoch},
+def advance_runs(conn: Connection, moves: Sequence[tuple[RunState, int]]) -> set[int]:
+    """Move each run's last epoch from what its state says to the new epoch, in one statement;
+    returns the keys of the runs that moved (the others moved on elsewhere, or ended).
+
+    A compare-and-swap on the run rows: a run advances only if nobody else (another process,
+    another replica) stored a checkpoint or ended it since this process last looked.
+    """
+    if not moves:
+        return set()
+    params: dict[str, int] = {}
+    for n, (state, epoch) in enumerate(moves):
+        # -1 stands for "no checkpoint yet" (epochs start at 0), so the guard is a plain =.
+        params[f"pk_{n}"] = state.pk
+        params[f"from_{n}"] = -1 if state.last_epoch is None else state.last_epoch
+        params[f"to_{n}"] = epoch
+    sql, positions, defaults = _advance_sql(conn.dialect, len(moves))
+    params = {**defaults, **params}
+    args = tuple(params[name] for name in positions) if positions is not None else params
+    return {int(pk) for pk in conn.exec_driver_sql(sql, args).scalars()}
+
+
+@functools.lru_cache(maxsize=1024)
+def _advance_sql(dialect: Dialect, n: int) -> tuple[str, tuple[str, ...] | None, dict[str, Any]]:
+    """The compiled advance statement for `n` runs. SQLAlchemy does not cache statements with
+    a VALUES list (they have no cache key), and compiling one per batch cost more than the
+    statement itself: so each size is compiled once, here."""
+    compiled = _advance_statement(n).compile(dialect=dialect)
+    positional = compiled.positional and compiled.positiontup is not None
+    positions = tuple(compiled.positiontup or ()) if positional else None
+    return compiled.string, positions, dict(compiled.params)
+
+
+def _advance_statement(n: int) -> Any:
+    """WITH moves(pk, from, to) AS (VALUES ... n rows) UPDATE runs ... FROM moves RETURNING pk."""
+    moving = (
+        values(
+            column("m_pk", Integer),
+            column("m_from", Integer),
+            column("m_to", Integer),
+            name="moves",
         )
-    return bool(result.rowcount == 1)
+        .data(
+            [(bindparam(f"pk_{i}"), bindparam(f"from_{i}"), bindparam(f"to_{i}")) for i in range(n)]
+        )
+        .cte("moves")  # a CTE: SQLite has no column list on a VALUES alias
+    )
+    return (
+        update(_runs)
+        .where(
+            _runs.c.pk == moving.c.m_pk,
+            _runs.c.status == "running",
+            func.coalesce(_runs.c.last_epoch, -1) == moving.c.m_from,
+        )
+        .values(last_epoch=moving.c.m_to, n_checkpoints=_runs.c.n_checkpoints + 1)
+        .returning(_runs.c.pk)
+    )
 
 
 def insert_checkpoint_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
     """Insert checkpoint rows (each with its decision and run_pk) in one executemany."""
     if rows:
         conn.execute(_INSERT_CHECKPOINTS, rows)
+
+
+# --- starting and finishing runs on the hot path ---------------------------------------------
+# What the ORM versions above do for the common case (a new run id; a running run ended by its
+# worker), in one or two Core statements. Anything else (a retried PUT, a different body, a
+# run already ended or moved on elsewhere) returns None, and the caller takes the ORM path,
+# which knows every rule.
+
+_studies = cast(Table, Study.__table__)
+RUN_COLUMNS = (
+    _runs.c.pk,
+    _runs.c.run_id,
+    _runs.c.study_pk,
+    _runs.c.max_epochs,
+    _runs.c.config,
+    _runs.c.dataset,
+    _runs.c.status,
+    _runs.c.last_epoch,
+    _runs.c.n_checkpoints,
+    _runs.c.final_mqe,
+    _runs.c.final_topographic_error,
+    _runs.c.final_dead_neuron_ratio,
+    _runs.c.created_at,
+    _runs.c.finished_at,
+)
+_STUDY_PK = select(_studies.c.pk).where(_studies.c.study_id == bindparam("b_study_id"))
+_DIALECTS = {"sqlite": sqlite, "postgresql": postgresql}
+_NEW_STUDY = {
+    name: dialect.insert(_studies).on_conflict_do_nothing(index_elements=["study_id"])
+    for name, dialect in _DIALECTS.items()
+}
+_NEW_RUN = {
+    name: dialect.insert(_runs)
+    .on_conflict_do_nothing(index_elements=["run_id"])
+    .returning(*RUN_COLUMNS)
+    for name, dialect in _DIALECTS.items()
+}
+_FINISH_FROM, _FINISH_FIRST = (
+    update(_runs)
+    .where(_runs.c.pk == bindparam("b_pk"), _runs.c.status == "running", guard)
+    .values(
+        status=bindparam("b_status"),
+        final_mqe=bindparam("b_mqe"),
+        final_topographic_error=bindparam("b_te"),
+        final_dead_neuron_ratio=bindparam("b_dead"),
+        finished_at=bindparam("b_now"),
+    )
+    .returning(*RUN_COLUMNS)
+    for guard in (
+        _runs.c.last_epoch == bindparam("b_expected"),
+        _runs.c.last_epoch.is_(None),
+    )
+)
+_JOIN_REFERENCE = (
+    update(_studies)
+    .where(_studies.c.pk == bindparam("b_study_pk"))
+    .values(reference_runs=_studies.c.reference_runs + 1)
+    .returning(_studies.c.reference_runs)
+)
+_SET_REFERENCE_SEQ = (
+    update(_runs).where(_runs.c.pk == bindparam("b_pk")).values(reference_seq=bindparam("b_seq"))
+)
+
+
+def study_pk_of(conn: Connection, study_id: str) -> int:
+    """The study's key, creating the study with the default policy if it does not exist."""
+    pk = conn.execute(_STUDY_PK, {"b_study_id": study_id}).scalar()
+    if pk is None:
+        now = utcnow()
+        conn.execute(
+            _NEW_STUDY[conn.dialect.name],
+            {
+                "study_id": study_id,
+                "description": None,
+                "policy": StudyPolicy().model_dump(mode="json"),
+                "reference_runs": 0,
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+        pk = conn.execute(_STUDY_PK, {"b_study_id": study_id}).scalar_one()
+    return int(pk)
+
+
+def study_id_of(conn: Connection, study_pk: int) -> str:
+    return str(
+        conn.execute(select(_studies.c.study_id).where(_studies.c.pk == study_pk)).scalar_one()
+    )
+
+
+def insert_new_run(conn: Connection, run_id: str, study_pk: int, spec: RunSpec) -> Any | None:
+    """Insert the run unless its id exists; the stored row, or None if the id was taken."""
+    return conn.execute(
+        _NEW_RUN[conn.dialect.name],
+        {
+            "run_id": run_id,
+            "study_pk": study_pk,
+            "max_epochs": spec.max_epochs,
+            "config": spec.config,
+            "dataset": spec.dataset,
+            "status": "running",
+            "n_checkpoints": 0,
+            "created_at": utcnow(),
+        },
+    ).first()
+
+
+def finish_running(conn: Connection, state: RunState, status: str, final: Metrics | None) -> Any:
+    """End a run that `state` says is running at its last epoch; the ended row, or None if the
+    run is not (or no longer) in that state. `final` None: the last checkpoint's values."""
+    if status not in FINISHED_STATUSES:
+        return None
+    if final is None:
+        final = Metrics(*state.history[-1][1:]) if state.history else Metrics(None, None, None)
+    params = {
+        "b_pk": state.pk,
+        "b_status": status,
+        "b_mqe": final.mqe,
+        "b_te": final.topographic_error,
+        "b_dead": final.dead_neuron_ratio,
+        "b_now": utcnow(),
+    }
+    if state.last_epoch is None:
+        row = conn.execute(_FINISH_FIRST, params).first()
+    else:
+        row = conn.execute(_FINISH_FROM, {**params, "b_expected": state.last_epoch}).first()
+    if row is not None and status == "completed" and row.last_epoch == row.max_epochs:
+        # Completed at max_epochs: the run joins its study's reference set (see finish_run).
+        seq = conn.execute(_JOIN_REFERENCE, {"b_study_pk": state.study_pk}).scalar_one()
+        conn.execute(_SET_REFERENCE_SEQ, {"b_pk": state.pk, "b_seq": seq})
+    return row

@@ -3,8 +3,11 @@ together are stored together, in one transaction with one commit (group commit).
 
 Why: a commit is an fsync, and SQLite admits one writer at a time. Sixty-four workers posting
 at once cost one fsync per batch instead of one each, and the event loop keeps parsing requests
-while a batch is written. Each write of a batch but the checkpoints runs in its own SAVEPOINT,
-so one that fails (a conflict, say) takes nothing else with it.
+while a batch is written. Each general write of a batch runs in its own SAVEPOINT, so one that
+fails (a conflict, say) takes nothing else with it. The writes of the workers' loop (start a
+run, its checkpoints, finish it) take Core statements that cannot fail on their own: whatever
+they cannot settle (a retry, a conflict, a lost race) goes one at a time, in its own
+transaction, after the batch, through the ORM code that knows every rule.
 
 A checkpoint usually costs one guarded UPDATE of its run and its share of one multi-row
 INSERT: the process keeps each running run's history between checkpoints, and the UPDATE is a
@@ -32,9 +35,10 @@ from oracle.core.policy import Situation, chain_for, decide
 from oracle.core.reference import history_array
 from oracle.core.store import Metrics, RunState
 from oracle.service import metrics
+from oracle.service.api.present import run_public
 from oracle.service.decisions import decision_of_verdict, record_one, row_of_verdict
 from oracle.service.reference_cache import ReferenceCache
-from oracle.service.schemas import CheckpointIn, Decision
+from oracle.service.schemas import CheckpointIn, Decision, RunPublic
 from oracle.service.serving.holder import ModelHolder
 from oracle.service.state import storage_errors
 
@@ -58,7 +62,22 @@ class _Work:
     future: asyncio.Future[Any]
 
 
-_Item = _Pending | _Work
+@dataclass
+class _Start:
+    run_id: str
+    spec: store.RunSpec
+    future: asyncio.Future[tuple[RunPublic, bool]]
+
+
+@dataclass
+class _Finish:
+    run_id: str
+    status: str
+    final: Metrics | None
+    future: asyncio.Future[RunPublic]
+
+
+_Item = _Pending | _Work | _Start | _Finish
 
 
 class _SlowPath(Exception):
@@ -75,6 +94,8 @@ class Recorder:
         self._draining: asyncio.Task[None] | None = None
         # Touched by the writer thread only.
         self._runs: OrderedDict[str, RunState] = OrderedDict()
+        self._study_pks: dict[str, int] = {}  # studies are never deleted
+        self._study_ids: dict[int, str] = {}
 
     # --- any write -----------------------------------------------------------------------
 
@@ -88,11 +109,22 @@ class Recorder:
         """Drop a run's cached state (call from a write, i.e. on the writer thread)."""
         self._runs.pop(run_id, None)
 
-    # --- checkpoints ---------------------------------------------------------------------
+    # --- the workers' loop ---------------------------------------------------------------
+
+    async def start(self, run_id: str, spec: store.RunSpec) -> tuple[RunPublic, bool]:
+        """Start the run (or return the stored one, for the same body); and whether it is new."""
+        future: asyncio.Future[tuple[RunPublic, bool]] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Start(run_id, spec, future))
+        return await future
 
     async def record(self, run_id: str, body: CheckpointIn) -> Decision:
         future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
         self._enqueue(_Pending(run_id, body, future))
+        return await future
+
+    async def finish(self, run_id: str, status: str, final: Metrics | None) -> RunPublic:
+        future: asyncio.Future[RunPublic] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Finish(run_id, status, final, future))
         return await future
 
     def _enqueue(self, item: _Item) -> None:
@@ -135,11 +167,14 @@ class Recorder:
     def _write_batch(self, batch: list[_Item]) -> list[Any]:
         results: list[Any] = [None] * len(batch)
         done: list[tuple[int, RunState, store.HistoryRow]] = []
+        started: list[tuple[RunState, str]] = []
         pendings = [(i, p) for i, p in enumerate(batch) if isinstance(p, _Pending)]
+        runs_loop = [(i, p) for i, p in enumerate(batch) if isinstance(p, _Start | _Finish)]
+        touched = [p.run_id for p in batch if isinstance(p, _Pending | _Finish)]
         try:
             with storage_errors(), self.db.writes.begin() as session:
-                # Other writes first: the checkpoints below run on Core statements that the
-                # ORM objects of these do not see.
+                # General writes first: the rest run on Core statements that the ORM objects
+                # of these do not see.
                 for i, item in enumerate(batch):
                     if isinstance(item, _Work):
                         try:
@@ -148,40 +183,64 @@ class Recorder:
                         except Exception as e:  # this write's own failure: the rest goes on
                             results[i] = e
                 conn = session.connection()
-                self._fill_cache(conn, [p.run_id for _, p in pendings])
-                rows: list[dict[str, Any]] = []
+                self._fill_cache(conn, touched)
+                for i, item in runs_loop:
+                    if isinstance(item, _Start):
+                        results[i] = self._start_new(conn, item, started)
+                    elif isinstance(item, _Finish):
+                        results[i] = self._finish_running(conn, item)
+                planned: list[tuple[int, RunState, store.HistoryRow, dict[str, Any]]] = []
                 for i, pending in pendings:
                     try:
-                        state, point, row = self._plan(conn, pending)
+                        planned.append((i, *self._plan(conn, pending)))
                     except _SlowPath:
                         continue
                     except OracleError as e:
                         results[i] = e
-                        continue
-                    if not store.advance_run(conn, state, pending.body.epoch):
-                        self.forget(pending.run_id)  # moved on elsewhere: reload, decide again
+                rows: list[dict[str, Any]] = []
+                moved = store.advance_runs(conn, [(state, pt[0]) for _, state, pt, _ in planned])
+                for i, state, point, row in planned:
+                    if state.pk not in moved:
+                        self.forget(state.run_id)  # moved on elsewhere: reload, decide again
                         continue
                     rows.append(row)
                     done.append((i, state, point))
-                    results[i] = decision_of_verdict(pending.run_id, row)
+                    results[i] = decision_of_verdict(state.run_id, row)
                 store.insert_checkpoint_rows(conn, rows)
         except OracleError as e:  # storage unavailable: nothing of this batch was stored
-            for _, pending in pendings:
-                self.forget(pending.run_id)
+            for run_id in touched:
+                self.forget(run_id)
             return [r if isinstance(r, OracleError) else e for r in results]
         except Exception as e:
             log.exception("write_batch_failed", size=len(batch))
-            for _, pending in pendings:
-                self.forget(pending.run_id)
-            # Checkpoints go one at a time below; other writes report the failure.
+            for run_id in touched:
+                self.forget(run_id)
+            # The workers' writes go one at a time below; general writes report the failure.
             results = [
                 r if isinstance(r, OracleError) else (e if isinstance(item, _Work) else None)
                 for r, item in zip(results, batch, strict=True)
             ]
             done = []
+            started = []
         for _, state, point in done:
             state.history.append(point)
             state.last_epoch = point[0]
+        for state, study_id in started:  # committed: its first checkpoint needs no read
+            self._runs[state.run_id] = state
+            self._study_pks[study_id] = state.study_pk
+            self._study_ids[state.study_pk] = study_id
+        for i, item in runs_loop:
+            if isinstance(item, _Finish):
+                self.forget(item.run_id)
+            if results[i] is None:
+                try:
+                    results[i] = (
+                        self._start_one(item)
+                        if isinstance(item, _Start)
+                        else self._finish_one(item)
+                    )
+                except Exception as e:
+                    results[i] = e
         for i, pending in pendings:
             if results[i] is None:  # one at a time, from the database's truth
                 self.forget(pending.run_id)
@@ -196,6 +255,47 @@ class Recorder:
                 metrics.CHECKPOINTS.inc()
                 metrics.DECISIONS.labels(action=results[i].action, policy=results[i].policy).inc()
         return results
+
+    # --- starting and finishing: Core for the common case, the ORM for the rest -----------
+
+    def _start_new(
+        self, conn: Connection, item: _Start, started: list[tuple[RunState, str]]
+    ) -> tuple[RunPublic, bool] | None:
+        study_id = item.spec.study_id
+        study_pk = self._study_pks.get(study_id)
+        if study_pk is None:
+            study_pk = store.study_pk_of(conn, study_id)
+        row = store.insert_new_run(conn, item.run_id, study_pk, item.spec)
+        if row is None:
+            return None  # the id exists: the same body (a retry) or a conflict
+        state = RunState(row.pk, item.run_id, study_pk, row.max_epochs, "running", None, [])
+        started.append((state, study_id))
+        return run_public(row, study_id), True
+
+    def _finish_running(self, conn: Connection, item: _Finish) -> RunPublic | None:
+        state = self._runs.get(item.run_id)
+        if state is None or state.status != "running":
+            return None
+        row = store.finish_running(conn, state, item.status, item.final)
+        if row is None:
+            return None  # it ended or moved on elsewhere
+        state.status = item.status  # a checkpoint later in this batch must see it ended
+        study_id = self._study_ids.get(state.study_pk)
+        if study_id is None:
+            study_id = store.study_id_of(conn, state.study_pk)
+            self._study_ids[state.study_pk] = study_id
+        return run_public(row, study_id)
+
+    def _start_one(self, item: _Start) -> tuple[RunPublic, bool]:
+        with storage_errors(), self.db.writes.begin() as session:
+            run, created = store.create_run(session, item.run_id, item.spec)
+            return run_public(run, item.spec.study_id), created
+
+    def _finish_one(self, item: _Finish) -> RunPublic:
+        with storage_errors(), self.db.writes.begin() as session:
+            run = store.get_run(session, item.run_id)
+            run, _changed = store.finish_run(session, run, item.status, item.final)
+            return run_public(run, store.study_of(session, run).study_id)
 
     def _fill_cache(self, conn: Connection, run_ids: list[str]) -> None:
         missing = [r for r in run_ids if r not in self._runs]

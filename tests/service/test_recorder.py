@@ -109,3 +109,110 @@ def test_recorder_stores_concurrent_checkpoints_of_many_runs_exactly_once(
         assert conn.scalar(select(func.count()).select_from(Checkpoint)) == runs * epochs
         assert set(conn.execute(select(Run.last_epoch, Run.n_checkpoints))) == {(epochs, epochs)}
     engine.dispose()
+
+
+def test_recorder_finishes_with_the_last_checkpoint_even_when_another_replica_stored_it(
+    two_replicas: tuple[TestClient, TestClient],
+) -> None:
+    a, b = two_replicas
+    a.put("/v1/runs/r", json={"study_id": "s", "max_epochs": 3})
+    a.post("/v1/runs/r/checkpoints", json={"epoch": 1, **POINT})
+    b.post("/v1/runs/r/checkpoints", json={"epoch": 2, **POINT})
+    b.post("/v1/runs/r/checkpoints", json={"epoch": 3, **POINT, "mqe": 0.25})
+    # a's cache says the run is at epoch 1: its compare-and-swap fails and the ORM path,
+    # reading the database, takes epoch 3's values as the finals.
+    finished = a.post("/v1/runs/r/finish", json={"status": "completed"})
+    assert finished.status_code == 200
+    assert finished.json()["final"]["mqe"] == 0.25
+    assert finished.json()["last_epoch"] == 3
+    # the same finish again is a retry; another status is a conflict
+    assert a.post("/v1/runs/r/finish", json={"status": "completed"}).json() == finished.json()
+    assert a.post("/v1/runs/r/finish", json={"status": "stopped"}).status_code == 409
+
+
+def test_recorder_batches_starts_checkpoints_and_finishes_of_many_runs(database_url: str) -> None:
+    """Workers that start, report and finish at once: every answer matches what is stored,
+    and completed runs join the reference set exactly once each, numbered 1..n."""
+    app = create_app(settings_for(database_url))
+    runs, max_epochs = 30, 4
+
+    async def scenario() -> dict[int, list[httpx.Response]]:
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(
+                transport=transport, base_url="http://test", headers=auth("worker")
+            ) as client,
+        ):
+
+            async def worker(i: int) -> list[httpx.Response]:
+                base = f"/v1/runs/m{i}"
+                spec = {"study_id": "mixed", "max_epochs": max_epochs, "config": {"i": i}}
+                out = [await client.put(base, json=spec)]
+                out.append(await client.put(base, json=spec))  # a retried start
+                last = max_epochs if i % 3 else 2  # every third run stops early
+                for epoch in range(1, last + 1):
+                    point = {**POINT, "mqe": 1.0 + i + epoch / 10}
+                    out.append(
+                        await client.post(f"{base}/checkpoints", json={"epoch": epoch, **point})
+                    )
+                status = "completed" if i % 3 else "stopped"
+                # the finish and a late checkpoint race: one of them is first
+                finish, late = await asyncio.gather(
+                    client.post(f"{base}/finish", json={"status": status}),
+                    client.post(
+                        f"{base}/checkpoints",
+                        json={"epoch": last + 1, **POINT, "mqe": 1.0 + i + (last + 1) / 10},
+                    )
+                    if last < max_epochs
+                    else client.post(f"{base}/finish", json={"status": status}),
+                )
+                return [*out, finish, late]
+
+            results = await asyncio.gather(*(worker(i) for i in range(runs)))
+            return dict(enumerate(results))
+
+    answers = asyncio.run(scenario())
+    engine = create_engine(database_url)
+    with engine.connect() as conn:
+        stored = {
+            r.run_id: r
+            for r in conn.execute(
+                select(
+                    Run.run_id,
+                    Run.status,
+                    Run.last_epoch,
+                    Run.n_checkpoints,
+                    Run.final_mqe,
+                    Run.reference_seq,
+                    Run.config,
+                )
+            )
+        }
+        n_stored = conn.scalar(select(func.count()).select_from(Checkpoint))
+    engine.dispose()
+    stored_checkpoints = 0
+    for i, responses in answers.items():
+        created, retried, *checkpoints, finish, late = responses
+        assert (created.status_code, retried.status_code) == (201, 200)
+        assert retried.json() == created.json()
+        assert all(c.status_code == 200 for c in checkpoints), [c.text for c in checkpoints]
+        assert finish.status_code == 200, finish.text
+        row = stored[f"m{i}"]
+        assert row.config == {"i": i}
+        assert row.status == ("completed" if i % 3 else "stopped")
+        assert finish.json()["status"] == row.status
+        if i % 3:  # the second finish was a retry: the same answer
+            assert late.status_code == 200 and late.json() == finish.json()
+        elif late.status_code == 200:  # the checkpoint came first; the finals are its values
+            assert row.last_epoch == 3
+        else:  # the finish came first: the checkpoint was refused and not stored
+            assert late.status_code == 409 and row.last_epoch == 2
+        assert row.n_checkpoints == row.last_epoch
+        assert finish.json()["final"]["mqe"] == row.final_mqe
+        assert row.final_mqe == pytest.approx(1.0 + i + row.last_epoch / 10)
+        stored_checkpoints += row.n_checkpoints
+    assert n_stored == stored_checkpoints
+    seqs = sorted(r.reference_seq for r in stored.values() if r.reference_seq is not None)
+    completed = [r for r in stored.values() if r.status == "completed"]
+    assert seqs == list(range(1, len(completed) + 1))

@@ -8,7 +8,6 @@ import uuid
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from sqlalchemy.orm import Session
 
 from oracle.core import store
 from oracle.core.errors import InvalidInput
@@ -50,12 +49,7 @@ async def put_run(
     _: Principal = Depends(require(Role.worker)),
 ) -> RunPublic:
     """Start a run under a worker-chosen id; the same body again returns the stored run."""
-
-    def work(session: Session) -> tuple[RunPublic, bool]:
-        run, created = store.create_run(session, run_id, _spec(body))
-        return run_public(run, body.study_id), created
-
-    result, created = await state_of(request).write(work)
+    result, created = await state_of(request).recorder.start(run_id, _spec(body))
     response.status_code = 201 if created else 200
     return result
 
@@ -66,12 +60,8 @@ async def create_run(
 ) -> RunPublic:
     """Start a run under an id the server picks."""
     run_id = f"run-{uuid.uuid4().hex}"
-
-    def work(session: Session) -> RunPublic:
-        run, _created = store.create_run(session, run_id, _spec(body))
-        return run_public(run, body.study_id)
-
-    return await state_of(request).write(work)
+    result, _created = await state_of(request).recorder.start(run_id, _spec(body))
+    return result
 
 
 @router.post(
@@ -103,15 +93,7 @@ async def finish_run(
         if body.final is not None
         else None
     )
-    state = state_of(request)
-
-    def work(session: Session) -> RunPublic:
-        run = store.get_run(session, run_id)
-        run, _changed = store.finish_run(session, run, body.status, final)
-        state.recorder.forget(run_id)
-        return run_public(run, store.study_of(session, run).study_id)
-
-    return await state.write(work)
+    return await state_of(request).recorder.finish(run_id, body.status, final)
 
 
 @router.get("/{run_id}", response_model=RunDetail)

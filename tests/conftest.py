@@ -93,6 +93,7 @@ def settings_for(url: str, **overrides: object) -> Settings:
         "model_poll_s": 0.2,
         # Tests of the fallback policies need no model; model tests activate their own.
         "default_model": False,
+        "gc_freeze": False,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     # Activate the model shipped with the package when no version is active, so a fresh
     # deployment decides with the oracle policy from its first request.
     default_model: bool = True
+    # Freeze the heap built at start-up out of the garbage collector's way, and collect the
+    # young generation less often (see main._tune_garbage_collector). Off in tests, which
+    # build many apps in one process.
+    gc_freeze: bool = True
     log_level: str = "info"
     log_format: Literal["json", "console"] = "json"
 

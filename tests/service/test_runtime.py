@@ -1,0 +1,34 @@
+"""Process-level tuning that the service applies at start-up."""
+
+from __future__ import annotations
+
+import gc
+
+from fastapi.testclient import TestClient
+
+from oracle.service.main import GC_YOUNG_THRESHOLD, create_app
+from tests.conftest import auth, settings_for
+
+
+def test_start_up_freezes_its_heap_and_still_collects_what_requests_leave(sqlite_url: str) -> None:
+    threshold = gc.get_threshold()
+    app = create_app(settings_for(sqlite_url, gc_freeze=True))
+    try:
+        with TestClient(app, headers=auth("worker")) as client:
+            assert gc.get_freeze_count() > 10_000  # modules, routes, validators...
+            assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD
+            client.put("/v1/runs/r", json={"study_id": "s", "max_epochs": 5})
+            assert client.post(
+                "/v1/runs/r/checkpoints",
+                json={"epoch": 1, "mqe": 1.0, "topographic_error": 0.1, "dead_neuron_ratio": 0.0},
+            ).json()["action"] in ("continue", "stop")
+
+            class Cycle:
+                def __init__(self) -> None:
+                    self.me = self
+
+            Cycle()  # garbage made after start-up is still found by a collection
+            assert gc.collect() >= 1
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)

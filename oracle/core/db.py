@@ -60,9 +60,15 @@ def _configure_sqlite(engine: Engine, *, immediate: bool, busy_timeout_ms: int) 
 
 
 def make_engine(
-    url: str, *, writer: bool = True, busy_timeout_ms: int = 10_000, pool_size: int = 5
+    url: str,
+    *,
+    writer: bool = True,
+    busy_timeout_ms: int = 10_000,
+    pool_size: int = 5,
+    pre_ping: bool = True,
 ) -> Engine:
-    """An engine for `url`. For SQLite, `writer` engines take the write lock at BEGIN."""
+    """An engine for `url`. For SQLite, `writer` engines take the write lock at BEGIN.
+    `pre_ping` (Postgres): test each connection taken from the pool with a round trip."""
     url = normalize_url(url)
     if is_sqlite(url):
         path = _sqlite_file(url)
@@ -81,7 +87,7 @@ def make_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         pool_timeout=5,
         # A request must fail fast with 503 while Postgres is down, not hang.
         connect_args={"connect_timeout": 3},
@@ -90,7 +96,7 @@ def make_engine(
 
 @dataclass(frozen=True)
 class Database:
-    """The engines of one process: writes and reads (one engine for both on Postgres)."""
+    """The engines of one process: one for the writer thread, one for reads."""
 
     url: str
     write_engine: Engine
@@ -101,10 +107,15 @@ class Database:
     @classmethod
     def connect(cls, url: str, *, pool_size: int = 5) -> Database:
         url = normalize_url(url)
-        write_engine = make_engine(url, writer=True, pool_size=pool_size)
-        read_engine = (
-            make_engine(url, writer=False, pool_size=pool_size) if is_sqlite(url) else write_engine
-        )
+        if is_sqlite(url):
+            write_engine = make_engine(url, writer=True, pool_size=pool_size)
+            read_engine = make_engine(url, writer=False, pool_size=pool_size)
+        else:
+            # The writer takes a connection per batch; a pre-ping was one round trip of about
+            # seven per batch. Without it, the first batch after a Postgres restart fails (503,
+            # which clients retry) and invalidates the pool, and the next one reconnects.
+            write_engine = make_engine(url, pool_size=pool_size, pre_ping=False)
+            read_engine = make_engine(url, pool_size=pool_size)
         return cls(
             url=url,
             write_engine=write_engine,

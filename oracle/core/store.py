@@ -5,12 +5,15 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
     Connection,
+    Float,
     Integer,
+    String,
     Table,
     bindparam,
     column,
@@ -19,6 +22,7 @@ from sqlalchemy import (
     update,
     values,
 )
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
@@ -413,21 +417,31 @@ def reference_histories_since(
 
 
 # --- the batched hot path --------------------------------------------------------------------
-# Pre-built Core statements on the tables (no ORM unit of work): compiled once, cached by
-# SQLAlchemy, cheap per call. They run on a Connection inside the caller's transaction.
+# What the group-committing writer (oracle/service/recorder.py) runs for a whole batch of the
+# workers' requests: Core statements on the tables (no ORM unit of work), a few per batch
+# rather than a few per request. Each is a compare-and-swap on the run rows, so a process's
+# cached view that went stale (another replica, another writer) is noticed, never trusted:
+# what a statement cannot settle (a retry, a conflict, a lost race) is left to the ORM
+# functions above, one request at a time.
 
 _runs = cast(Table, Run.__table__)
+_studies = cast(Table, Study.__table__)
 _checkpoints = cast(Table, Checkpoint.__table__)
 
-_RUN_STATES = select(
+_STATE_COLUMNS = (
     _runs.c.pk,
     _runs.c.run_id,
     _runs.c.study_pk,
     _runs.c.max_epochs,
     _runs.c.status,
     _runs.c.last_epoch,
-).where(_runs.c.run_id.in_(bindparam("run_ids", expanding=True)))
-
+    _runs.c.config,
+    _runs.c.dataset,
+    _runs.c.created_at,
+)
+_RUN_STATES = select(*_STATE_COLUMNS).where(
+    _runs.c.run_id.in_(bindparam("run_ids", expanding=True))
+)
 _HISTORIES = (
     select(
         _checkpoints.c.run_pk,
@@ -439,13 +453,34 @@ _HISTORIES = (
     .where(_checkpoints.c.run_pk.in_(bindparam("run_pks", expanding=True)))
     .order_by(_checkpoints.c.run_pk, _checkpoints.c.epoch)
 )
-
 _INSERT_CHECKPOINTS = _checkpoints.insert()
+_STUDY_PK = select(_studies.c.pk).where(_studies.c.study_id == bindparam("b_study_id"))
+_DIALECTS = {"sqlite": sqlite, "postgresql": postgresql}
+_NEW_STUDY = {
+    name: dialect.insert(_studies).on_conflict_do_nothing(index_elements=["study_id"])
+    for name, dialect in _DIALECTS.items()
+}
+# executemany with RETURNING: SQLAlchemy sends it as one multi-row INSERT per batch.
+_NEW_RUNS = {
+    name: dialect.insert(_runs)
+    .on_conflict_do_nothing(index_elements=["run_id"])
+    .returning(*_STATE_COLUMNS)
+    for name, dialect in _DIALECTS.items()
+}
+_JOIN_REFERENCE = (
+    update(_studies)
+    .where(_studies.c.pk == bindparam("b_study_pk"))
+    .values(reference_runs=_studies.c.reference_runs + bindparam("b_joining"))
+    .returning(_studies.c.reference_runs)
+)
+_SET_REFERENCE_SEQ = (
+    update(_runs).where(_runs.c.pk == bindparam("b_pk")).values(reference_seq=bindparam("b_seq"))
+)
 
 
 @dataclass
 class RunState:
-    """What the hot path needs of a running run; a process keeps these between checkpoints."""
+    """What the hot path needs of a run; a process keeps these for running runs."""
 
     pk: int
     run_id: str
@@ -453,14 +488,37 @@ class RunState:
     max_epochs: int
     status: str
     last_epoch: int | None
-    history: list[HistoryRow]
+    config: dict[str, Any] | None
+    dataset: str | None
+    created_at: datetime
+    history: list[HistoryRow] = field(default_factory=list)
+
+    def last_metrics(self) -> Metrics:
+        """The last checkpoint's metrics: a run's finals when its worker gives none."""
+        if not self.history:
+            return Metrics(None, None, None)
+        _, mqe, te, dead = self.history[-1]
+        return Metrics(mqe, te, dead)
+
+    @classmethod
+    def of(cls, row: Any) -> RunState:
+        return cls(
+            row.pk,
+            row.run_id,
+            row.study_pk,
+            row.max_epochs,
+            row.status,
+            row.last_epoch,
+            row.config,
+            row.dataset,
+            row.created_at,
+        )
 
 
 def load_run_states(conn: Connection, run_ids: Sequence[str]) -> dict[str, RunState]:
     """The named runs with their histories: two queries for up to 500 runs."""
     states = {
-        r.run_id: RunState(r.pk, r.run_id, r.study_pk, r.max_epochs, r.status, r.last_epoch, [])
-        for r in conn.execute(_RUN_STATES, {"run_ids": list(run_ids)})
+        r.run_id: RunState.of(r) for r in conn.execute(_RUN_STATES, {"run_ids": list(run_ids)})
     }
     histories = histories_of(conn, [s.pk for s in states.values()])
     for state in states.values():
@@ -477,132 +535,6 @@ def histories_of(conn: Session | Connection, run_pks: Sequence[int]) -> dict[int
         for row in conn.execute(_HISTORIES, {"run_pks": chunk}):
             out[row[0]].append((row[1], row[2], row[3], row[4]))
     return out
-
-
-def advance_runs(conn: Connection, moves: Sequence[tuple[RunState, int]]) -> set[int]:
-    """Move each run's last epoch from what its state says to the new epoch, in one statement;
-    returns the keys of the runs that moved (the others moved on elsewhere, or ended).
-
-    A compare-and-swap on the run rows: a run advances only if nobody else (another process,
-    another replica) stored a checkpoint or ended it since this process last looked.
-    """
-    if not moves:
-        return set()
-    params: dict[str, int] = {}
-    for n, (state, epoch) in enumerate(moves):
-        # -1 stands for "no checkpoint yet" (epochs start at 0), so the guard is a plain =.
-        params[f"pk_{n}"] = state.pk
-        params[f"from_{n}"] = -1 if state.last_epoch is None else state.last_epoch
-        params[f"to_{n}"] = epoch
-    sql, positions, defaults = _advance_sql(conn.dialect, len(moves))
-    params = {**defaults, **params}
-    args = tuple(params[name] for name in positions) if positions is not None else params
-    return {int(pk) for pk in conn.exec_driver_sql(sql, args).scalars()}
-
-
-@functools.lru_cache(maxsize=1024)
-def _advance_sql(dialect: Dialect, n: int) -> tuple[str, tuple[str, ...] | None, dict[str, Any]]:
-    """The compiled advance statement for `n` runs. SQLAlchemy does not cache statements with
-    a VALUES list (they have no cache key), and compiling one per batch cost more than the
-    statement itself: so each size is compiled once, here."""
-    compiled = _advance_statement(n).compile(dialect=dialect)
-    positional = compiled.positional and compiled.positiontup is not None
-    positions = tuple(compiled.positiontup or ()) if positional else None
-    return compiled.string, positions, dict(compiled.params)
-
-
-def _advance_statement(n: int) -> Any:
-    """WITH moves(pk, from, to) AS (VALUES ... n rows) UPDATE runs ... FROM moves RETURNING pk."""
-    moving = (
-        values(
-            column("m_pk", Integer),
-            column("m_from", Integer),
-            column("m_to", Integer),
-            name="moves",
-        )
-        .data(
-            [(bindparam(f"pk_{i}"), bindparam(f"from_{i}"), bindparam(f"to_{i}")) for i in range(n)]
-        )
-        .cte("moves")  # a CTE: SQLite has no column list on a VALUES alias
-    )
-    return (
-        update(_runs)
-        .where(
-            _runs.c.pk == moving.c.m_pk,
-            _runs.c.status == "running",
-            func.coalesce(_runs.c.last_epoch, -1) == moving.c.m_from,
-        )
-        .values(last_epoch=moving.c.m_to, n_checkpoints=_runs.c.n_checkpoints + 1)
-        .returning(_runs.c.pk)
-    )
-
-
-def insert_checkpoint_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Insert checkpoint rows (each with its decision and run_pk) in one executemany."""
-    if rows:
-        conn.execute(_INSERT_CHECKPOINTS, rows)
-
-
-# --- starting and finishing runs on the hot path ---------------------------------------------
-# What the ORM versions above do for the common case (a new run id; a running run ended by its
-# worker), in one or two Core statements. Anything else (a retried PUT, a different body, a
-# run already ended or moved on elsewhere) returns None, and the caller takes the ORM path,
-# which knows every rule.
-
-_studies = cast(Table, Study.__table__)
-RUN_COLUMNS = (
-    _runs.c.pk,
-    _runs.c.run_id,
-    _runs.c.study_pk,
-    _runs.c.max_epochs,
-    _runs.c.config,
-    _runs.c.dataset,
-    _runs.c.status,
-    _runs.c.last_epoch,
-    _runs.c.n_checkpoints,
-    _runs.c.final_mqe,
-    _runs.c.final_topographic_error,
-    _runs.c.final_dead_neuron_ratio,
-    _runs.c.created_at,
-    _runs.c.finished_at,
-)
-_STUDY_PK = select(_studies.c.pk).where(_studies.c.study_id == bindparam("b_study_id"))
-_DIALECTS = {"sqlite": sqlite, "postgresql": postgresql}
-_NEW_STUDY = {
-    name: dialect.insert(_studies).on_conflict_do_nothing(index_elements=["study_id"])
-    for name, dialect in _DIALECTS.items()
-}
-_NEW_RUN = {
-    name: dialect.insert(_runs)
-    .on_conflict_do_nothing(index_elements=["run_id"])
-    .returning(*RUN_COLUMNS)
-    for name, dialect in _DIALECTS.items()
-}
-_FINISH_FROM, _FINISH_FIRST = (
-    update(_runs)
-    .where(_runs.c.pk == bindparam("b_pk"), _runs.c.status == "running", guard)
-    .values(
-        status=bindparam("b_status"),
-        final_mqe=bindparam("b_mqe"),
-        final_topographic_error=bindparam("b_te"),
-        final_dead_neuron_ratio=bindparam("b_dead"),
-        finished_at=bindparam("b_now"),
-    )
-    .returning(*RUN_COLUMNS)
-    for guard in (
-        _runs.c.last_epoch == bindparam("b_expected"),
-        _runs.c.last_epoch.is_(None),
-    )
-)
-_JOIN_REFERENCE = (
-    update(_studies)
-    .where(_studies.c.pk == bindparam("b_study_pk"))
-    .values(reference_runs=_studies.c.reference_runs + 1)
-    .returning(_studies.c.reference_runs)
-)
-_SET_REFERENCE_SEQ = (
-    update(_runs).where(_runs.c.pk == bindparam("b_pk")).values(reference_seq=bindparam("b_seq"))
-)
 
 
 def study_pk_of(conn: Connection, study_id: str) -> int:
@@ -626,49 +558,158 @@ def study_pk_of(conn: Connection, study_id: str) -> int:
 
 
 def study_id_of(conn: Connection, study_pk: int) -> str:
-    return str(
-        conn.execute(select(_studies.c.study_id).where(_studies.c.pk == study_pk)).scalar_one()
+    query = select(_studies.c.study_id).where(_studies.c.pk == study_pk)
+    return str(conn.execute(query).scalar_one())
+
+
+def insert_new_runs(
+    conn: Connection, starts: Sequence[tuple[str, int, RunSpec]]
+) -> dict[str, RunState]:
+    """Insert the runs (id, study key, spec) whose ids are free, in one statement; the states
+    of those inserted. An id that exists is left out: a retry or a conflict, for create_run."""
+    if not starts:
+        return {}
+    now = utcnow()
+    rows = conn.execute(
+        _NEW_RUNS[conn.dialect.name],
+        [
+            {
+                "run_id": run_id,
+                "study_pk": study_pk,
+                "max_epochs": spec.max_epochs,
+                "config": spec.config,
+                "dataset": spec.dataset,
+                "status": "running",
+                "n_checkpoints": 0,
+                "created_at": now,
+            }
+            for run_id, study_pk, spec in starts
+        ],
     )
+    return {row.run_id: RunState.of(row) for row in rows}
 
 
-def insert_new_run(conn: Connection, run_id: str, study_pk: int, spec: RunSpec) -> Any | None:
-    """Insert the run unless its id exists; the stored row, or None if the id was taken."""
-    return conn.execute(
-        _NEW_RUN[conn.dialect.name],
+def advance_runs(conn: Connection, moves: Sequence[tuple[RunState, int]]) -> set[int]:
+    """Move each run's last epoch from what its state says to the new epoch, in one statement;
+    the keys of the runs that moved (the others moved on elsewhere, or ended)."""
+    rows = [
+        {"pk": state.pk, "from": _epoch_or_none(state.last_epoch), "to": epoch}
+        for state, epoch in moves
+    ]
+    return _execute_values(conn, "advance", rows)
+
+
+def finish_runs(
+    conn: Connection, ends: Sequence[tuple[RunState, str, Metrics]], finished_at: datetime
+) -> set[int]:
+    """End running runs (state, status, finals) in one statement; the keys of those ended
+    (the others ended or moved on elsewhere). Runs completed at max_epochs join their study's
+    reference set, numbered in this order, as finish_run does."""
+    rows = [
         {
-            "run_id": run_id,
-            "study_pk": study_pk,
-            "max_epochs": spec.max_epochs,
-            "config": spec.config,
-            "dataset": spec.dataset,
-            "status": "running",
-            "n_checkpoints": 0,
-            "created_at": utcnow(),
-        },
-    ).first()
+            "pk": state.pk,
+            "from": _epoch_or_none(state.last_epoch),
+            "status": status,
+            "mqe": final.mqe,
+            "te": final.topographic_error,
+            "dead": final.dead_neuron_ratio,
+        }
+        for state, status, final in ends
+    ]
+    ended = _execute_values(conn, "finish", rows, finished_at=finished_at)
+    joining: dict[int, list[int]] = {}
+    for state, status, _ in ends:
+        if state.pk in ended and status == "completed" and state.last_epoch == state.max_epochs:
+            joining.setdefault(state.study_pk, []).append(state.pk)
+    seqs = []
+    for study_pk, pks in joining.items():
+        top = conn.execute(
+            _JOIN_REFERENCE, {"b_study_pk": study_pk, "b_joining": len(pks)}
+        ).scalar_one()
+        seqs += [{"b_pk": pk, "b_seq": top - len(pks) + 1 + n} for n, pk in enumerate(pks)]
+    if seqs:
+        conn.execute(_SET_REFERENCE_SEQ, seqs)
+    return ended
 
 
-def finish_running(conn: Connection, state: RunState, status: str, final: Metrics | None) -> Any:
-    """End a run that `state` says is running at its last epoch; the ended row, or None if the
-    run is not (or no longer) in that state. `final` None: the last checkpoint's values."""
-    if status not in FINISHED_STATUSES:
-        return None
-    if final is None:
-        final = Metrics(*state.history[-1][1:]) if state.history else Metrics(None, None, None)
-    params = {
-        "b_pk": state.pk,
-        "b_status": status,
-        "b_mqe": final.mqe,
-        "b_te": final.topographic_error,
-        "b_dead": final.dead_neuron_ratio,
-        "b_now": utcnow(),
-    }
-    if state.last_epoch is None:
-        row = conn.execute(_FINISH_FIRST, params).first()
+def insert_checkpoint_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert checkpoint rows (each with its decision and run_pk) in one executemany."""
+    if rows:
+        conn.execute(_INSERT_CHECKPOINTS, rows)
+
+
+def _epoch_or_none(epoch: int | None) -> int:
+    # -1 stands for "no checkpoint yet" (epochs start at 0), so the guard is a plain "=".
+    return -1 if epoch is None else epoch
+
+
+# --- one statement for many runs: UPDATE runs ... FROM (VALUES ...) RETURNING pk ---------------
+# SQLAlchemy does not cache statements with a VALUES list (they have no cache key), and
+# compiling one per batch cost more than running it; so each (kind, size) is compiled once,
+# here, and run as driver SQL. The parameters are ints, floats, short strings and one
+# timestamp, whose bind processing is applied here.
+
+_GUARD_COLUMNS = {"pk": Integer, "from": Integer}
+_VALUE_COLUMNS: dict[str, dict[str, Any]] = {
+    "advance": {**_GUARD_COLUMNS, "to": Integer},
+    "finish": {**_GUARD_COLUMNS, "status": String, "mqe": Float, "te": Float, "dead": Float},
+}
+
+
+def _execute_values(
+    conn: Connection, kind: str, rows: list[dict[str, Any]], **shared: Any
+) -> set[int]:
+    if not rows:
+        return set()
+    sql, positions, defaults = _compiled_values(conn.dialect, kind, len(rows))
+    params = dict(defaults)
+    for n, row in enumerate(rows):
+        for name, value in row.items():
+            params[f"r{n}_{name}"] = value
+    if "finished_at" in shared:
+        process = _runs.c.finished_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+        value = shared["finished_at"]
+        params["b_finished_at"] = process(value) if process is not None else value
+    args = tuple(params[name] for name in positions) if positions is not None else params
+    return {int(pk) for pk in conn.exec_driver_sql(sql, args).scalars()}
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled_values(
+    dialect: Dialect, kind: str, n: int
+) -> tuple[str, tuple[str, ...] | None, dict[str, Any]]:
+    compiled = _values_statement(kind, n).compile(dialect=dialect)
+    positional = compiled.positional and compiled.positiontup is not None
+    positions = tuple(compiled.positiontup or ()) if positional else None
+    return compiled.string, positions, dict(compiled.params)
+
+
+def _values_statement(kind: str, n: int) -> Any:
+    names = _VALUE_COLUMNS[kind]
+    rows = (
+        values(*(column(f"v_{name}", type_) for name, type_ in names.items()), name="v")
+        .data(
+            [
+                # typed: Postgres cannot guess the type of a column whose values are NULL
+                tuple(sql_cast(bindparam(f"r{i}_{name}"), type_) for name, type_ in names.items())
+                for i in range(n)
+            ]
+        )
+        .cte("v")  # WITH v(...) AS (VALUES ...): SQLite has no column list on a VALUES alias
+    )
+    guarded = update(_runs).where(
+        _runs.c.pk == rows.c.v_pk,
+        _runs.c.status == "running",
+        func.coalesce(_runs.c.last_epoch, -1) == rows.c.v_from,
+    )
+    if kind == "advance":
+        guarded = guarded.values(last_epoch=rows.c.v_to, n_checkpoints=_runs.c.n_checkpoints + 1)
     else:
-        row = conn.execute(_FINISH_FROM, {**params, "b_expected": state.last_epoch}).first()
-    if row is not None and status == "completed" and row.last_epoch == row.max_epochs:
-        # Completed at max_epochs: the run joins its study's reference set (see finish_run).
-        seq = conn.execute(_JOIN_REFERENCE, {"b_study_pk": state.study_pk}).scalar_one()
-        conn.execute(_SET_REFERENCE_SEQ, {"b_pk": state.pk, "b_seq": seq})
-    return row
+        guarded = guarded.values(
+            status=rows.c.v_status,
+            final_mqe=rows.c.v_mqe,
+            final_topographic_error=rows.c.v_te,
+            final_dead_neuron_ratio=rows.c.v_dead,
+            finished_at=bindparam("b_finished_at"),
+        )
+    return guarded.returning(_runs.c.pk)

@@ -33,9 +33,10 @@ from oracle.core.db import Database
 from oracle.core.errors import InvalidInput, NotFound, OracleError
 from oracle.core.policy import Situation, chain_for, decide
 from oracle.core.reference import history_array
-from oracle.core.store import Metrics, RunState
+from oracle.core.store import FINISHED_STATUSES, Metrics, RunState
+from oracle.core.tables import utcnow
 from oracle.service import metrics
-from oracle.service.api.present import run_public
+from oracle.service.api.present import run_public, run_public_of_state
 from oracle.service.decisions import decision_of_verdict, record_one, row_of_verdict
 from oracle.service.reference_cache import ReferenceCache
 from oracle.service.schemas import CheckpointIn, Decision, RunPublic
@@ -184,11 +185,10 @@ class Recorder:
                             results[i] = e
                 conn = session.connection()
                 self._fill_cache(conn, touched)
-                for i, item in runs_loop:
-                    if isinstance(item, _Start):
-                        results[i] = self._start_new(conn, item, started)
-                    elif isinstance(item, _Finish):
-                        results[i] = self._finish_running(conn, item)
+                starts = [(i, p) for i, p in runs_loop if isinstance(p, _Start)]
+                finishes = [(i, p) for i, p in runs_loop if isinstance(p, _Finish)]
+                self._start_new(conn, starts, results, started)
+                self._finish_running(conn, finishes, results)
                 planned: list[tuple[int, RunState, store.HistoryRow, dict[str, Any]]] = []
                 for i, pending in pendings:
                     try:
@@ -259,32 +259,55 @@ class Recorder:
     # --- starting and finishing: Core for the common case, the ORM for the rest -----------
 
     def _start_new(
-        self, conn: Connection, item: _Start, started: list[tuple[RunState, str]]
-    ) -> tuple[RunPublic, bool] | None:
-        study_id = item.spec.study_id
-        study_pk = self._study_pks.get(study_id)
-        if study_pk is None:
-            study_pk = store.study_pk_of(conn, study_id)
-        row = store.insert_new_run(conn, item.run_id, study_pk, item.spec)
-        if row is None:
-            return None  # the id exists: the same body (a retry) or a conflict
-        state = RunState(row.pk, item.run_id, study_pk, row.max_epochs, "running", None, [])
-        started.append((state, study_id))
-        return run_public(row, study_id), True
+        self,
+        conn: Connection,
+        starts: list[tuple[int, _Start]],
+        results: list[Any],
+        started: list[tuple[RunState, str]],
+    ) -> None:
+        """Insert the batch's new runs in one statement; ids that exist are left for the ORM
+        path (a retry gets the stored run, another body a conflict), as is a second start of
+        the same id in one batch."""
+        firsts: dict[str, tuple[int, _Start]] = {}
+        for i, item in starts:
+            firsts.setdefault(item.run_id, (i, item))
+        keyed = []
+        for _, item in firsts.values():
+            study_id = item.spec.study_id
+            study_pk = self._study_pks.get(study_id) or store.study_pk_of(conn, study_id)
+            keyed.append((item.run_id, study_pk, item.spec))
+        states = store.insert_new_runs(conn, keyed)
+        for i, item in firsts.values():
+            state = states.get(item.run_id)
+            if state is not None:
+                started.append((state, item.spec.study_id))
+                results[i] = (run_public_of_state(state, item.spec.study_id), True)
 
-    def _finish_running(self, conn: Connection, item: _Finish) -> RunPublic | None:
-        state = self._runs.get(item.run_id)
-        if state is None or state.status != "running":
-            return None
-        row = store.finish_running(conn, state, item.status, item.final)
-        if row is None:
-            return None  # it ended or moved on elsewhere
-        state.status = item.status  # a checkpoint later in this batch must see it ended
-        study_id = self._study_ids.get(state.study_pk)
+    def _finish_running(
+        self, conn: Connection, finishes: list[tuple[int, _Finish]], results: list[Any]
+    ) -> None:
+        """End the batch's running runs in one statement; the rest (unknown, already ended,
+        moved on elsewhere, a second finish in one batch) is left for the ORM path."""
+        ending: list[tuple[int, RunState, str, Metrics]] = []
+        for i, item in finishes:
+            state = self._runs.get(item.run_id)
+            if state is None or state.status != "running" or item.status not in FINISHED_STATUSES:
+                continue
+            final = item.final if item.final is not None else state.last_metrics()
+            ending.append((i, state, item.status, final))
+            state.status = item.status  # a later finish or checkpoint of this batch: ORM path
+        now = utcnow()
+        ended = store.finish_runs(conn, [(st, status, f) for _, st, status, f in ending], now)
+        for i, state, _, final in ending:
+            if state.pk in ended:
+                study_id = self._study_id(conn, state.study_pk)
+                results[i] = run_public_of_state(state, study_id, final, now)
+
+    def _study_id(self, conn: Connection, study_pk: int) -> str:
+        study_id = self._study_ids.get(study_pk)
         if study_id is None:
-            study_id = store.study_id_of(conn, state.study_pk)
-            self._study_ids[state.study_pk] = study_id
-        return run_public(row, study_id)
+            study_id = self._study_ids[study_pk] = store.study_id_of(conn, study_pk)
+        return study_id
 
     def _start_one(self, item: _Start) -> tuple[RunPublic, bool]:
         with storage_errors(), self.db.writes.begin() as session:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
+from oracle.core import store
+from oracle.core.store import RunState
 from oracle.core.tables import Checkpoint, Run, Study
 from oracle.service.schemas import (
     CheckpointPublic,
@@ -48,6 +52,29 @@ def run_public(run: Run, study_id: str) -> RunPublic:
         final=final,
         created_at=run.created_at,
         finished_at=run.finished_at,
+    )
+
+
+def run_public_of_state(
+    state: RunState,
+    study_id: str,
+    final: store.Metrics | None = None,
+    finished_at: datetime | None = None,
+) -> RunPublic:
+    """A run the writer has just started or ended, from its cached state (no read)."""
+    ended = final is not None and state.status != "running"
+    return RunPublic(
+        run_id=state.run_id,
+        study_id=study_id,
+        max_epochs=state.max_epochs,
+        config=state.config,
+        dataset=state.dataset,
+        status=state.status,
+        last_epoch=state.last_epoch,
+        n_checkpoints=len(state.history),
+        final=Metrics(**final.as_dict()) if ended and final is not None else None,
+        created_at=state.created_at,
+        finished_at=finished_at,
     )
 
 

@@ -1,0 +1,96 @@
+"""The writer's batched statements (store.insert_new_runs, advance_runs, finish_runs) on each
+backend: what they store, and that each is a compare-and-swap that refuses stale views."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Connection, create_engine, select
+
+from oracle.core import store
+from oracle.core.db import normalize_url
+from oracle.core.store import Metrics, RunSpec, RunState
+from oracle.core.tables import Run, Study, utcnow
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[Connection]:
+    engine = create_engine(normalize_url(database_url))
+    with engine.begin() as connection:
+        yield connection
+    engine.dispose()
+
+
+def _runs(conn: Connection) -> dict[str, Run]:
+    return {r.run_id: r for r in conn.execute(select(Run.__table__))}  # type: ignore[misc]
+
+
+def test_new_runs_are_inserted_once_and_taken_ids_left_out(conn: Connection) -> None:
+    study = store.study_pk_of(conn, "s")
+    assert store.study_pk_of(conn, "s") == study
+    specs = [("a", study, RunSpec("s", 10, {"sigma": 1.5}, "iris")), ("b", study, RunSpec("s", 5))]
+    states = store.insert_new_runs(conn, specs)
+    assert set(states) == {"a", "b"}
+    assert (states["a"].config, states["a"].dataset, states["a"].max_epochs) == (
+        {"sigma": 1.5},
+        "iris",
+        10,
+    )
+    assert states["a"].status == "running" and states["a"].last_epoch is None
+    assert states["a"].created_at.tzinfo is not None
+    again = store.insert_new_runs(
+        conn, [("a", study, RunSpec("s", 99)), ("c", study, RunSpec("s", 3))]
+    )
+    assert set(again) == {"c"}  # "a" exists: left for create_run to compare
+    assert _runs(conn)["a"].max_epochs == 10
+
+
+def test_advance_moves_only_runs_whose_view_is_current(conn: Connection) -> None:
+    study = store.study_pk_of(conn, "s")
+    states = store.insert_new_runs(conn, [(r, study, RunSpec("s", 10)) for r in ("a", "b", "c")])
+    a, b, c = states["a"], states["b"], states["c"]
+    assert store.advance_runs(conn, [(a, 0), (b, 3)]) == {a.pk, b.pk}
+    stale = RunState(**{**vars(c), "last_epoch": 4, "history": []})  # c has no checkpoint yet
+    a.last_epoch = 0
+    b_stale = RunState(**{**vars(b), "history": []})  # still thinks b is at None
+    assert store.advance_runs(conn, [(a, 2), (stale, 5), (b_stale, 4)]) == {a.pk}
+    rows = _runs(conn)
+    assert (rows["a"].last_epoch, rows["a"].n_checkpoints) == (2, 2)
+    assert (rows["b"].last_epoch, rows["b"].n_checkpoints) == (3, 1)
+    assert (rows["c"].last_epoch, rows["c"].n_checkpoints) == (None, 0)
+    assert store.advance_runs(conn, []) == set()
+
+
+def test_finish_ends_running_runs_and_numbers_the_completed_ones(conn: Connection) -> None:
+    study = store.study_pk_of(conn, "s")
+    states = store.insert_new_runs(conn, [(r, study, RunSpec("s", 2)) for r in "abcd"])
+    moves = [(states[r], e) for r, e in zip("abcd", (2, 2, 1, 2), strict=True)]
+    assert len(store.advance_runs(conn, moves)) == 4
+    for state, epoch in moves:
+        state.last_epoch = epoch
+    stale = RunState(**{**vars(states["d"]), "last_epoch": 1, "history": []})
+    now = utcnow()
+    ended = store.finish_runs(
+        conn,
+        [
+            (states["a"], "completed", Metrics(0.5, 0.1, None)),  # at max_epochs: joins
+            (states["b"], "completed", Metrics(0.7, 0.2, 0.0)),  # joins, numbered after a
+            (states["c"], "completed", Metrics(0.9, 0.3, 0.0)),  # not at max_epochs
+            (stale, "stopped", Metrics(None, None, None)),  # stale view: refused
+        ],
+        now,
+    )
+    assert ended == {states[r].pk for r in "abc"}
+    rows = _runs(conn)
+    assert (rows["a"].status, rows["a"].final_mqe, rows["a"].final_dead_neuron_ratio) == (
+        "completed",
+        0.5,
+        None,
+    )
+    assert [rows[r].reference_seq for r in "abc"] == [1, 2, None]
+    assert rows["a"].finished_at is not None and rows["d"].status == "running"
+    assert conn.scalar(select(Study.reference_runs)) == 2
+    # a finish of an ended run changes nothing
+    assert store.finish_runs(conn, [(states["a"], "stopped", Metrics(1, 1, 1))], utcnow()) == set()
+    assert _runs(conn)["a"].status == "completed"

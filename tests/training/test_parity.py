@@ -61,6 +61,8 @@ def test_carried_state_equals_a_full_pass(keras_model) -> None:  # type: ignore[
             [np.sort(rng.uniform(0, 1, n)), rng.uniform(0.1, 5, n), rng.uniform(0, 1, (n, 2))]
         )
         for k in range(1, n + 1):
+            # equal up to float32 rounding (one row's input projection vs many rows'), held
+            # to the same 1e-5 as the parity with Keras
             np.testing.assert_allclose(
-                cached.raw(history[:k]), fresh.raw(history[:k]), rtol=0, atol=1e-9
+                cached.raw(history[:k]), fresh.raw(history[:k]), rtol=0, atol=1e-5
             )

@@ -131,9 +131,21 @@ class Script:
     checkpoints: tuple[tuple[int, bytes], ...]
     finish_stopped: bytes
     finish_completed: bytes
+    # Seconds of "training" before each checkpoint (paced replays only).
+    gaps: tuple[float, ...] = ()
 
 
-def scripts_for(runs: Sequence[RunData], port: int, *, bare: bool) -> list[Script]:
+def training_gaps(run: RunData, pace: float) -> tuple[float, ...]:
+    """The run's recorded training time between checkpoints (wall_s), `pace` times faster."""
+    if pace <= 0:
+        return ()
+    walls = [float(c.get("wall_s") or 0.0) for c in run.checkpoints]
+    return tuple(max(0.0, b - a) / pace for a, b in zip([0.0, *walls[:-1]], walls, strict=True))
+
+
+def scripts_for(
+    runs: Sequence[RunData], port: int, *, bare: bool, pace: float = 0.0
+) -> list[Script]:
     prefix = "/bench/bare" if bare else "/v1/runs"
     out = []
     for run in runs:
@@ -169,6 +181,7 @@ def scripts_for(runs: Sequence[RunData], port: int, *, bare: bool) -> list[Scrip
                 checkpoints,
                 _request("POST", f"{base}/finish", {"status": "stopped"}, port),
                 _request("POST", f"{base}/finish", {"status": "completed"}, port),
+                training_gaps(run, pace),
             )
         )
     return out
@@ -184,21 +197,39 @@ class HttpError(Exception):
 class Connection:
     """One keep-alive HTTP/1.1 connection; a request is sent only after the last answer."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.port = port
         self.reader = reader
         self.writer = writer
 
     @classmethod
     async def open(cls, port: int) -> Connection:
+        return cls(port, *await cls._connect(port))
+
+    @staticmethod
+    async def _connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return cls(reader, writer)
+        return reader, writer
 
     async def call(self, request: bytes) -> tuple[int, bytes]:
         self.writer.write(request)
-        head = await self.reader.readuntil(b"\r\n\r\n")
+        try:
+            head = await self.reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionResetError) as e:
+            if isinstance(e, asyncio.IncompleteReadError) and e.partial:
+                raise
+            # The server closed the idle keep-alive connection (a paced worker "trained"
+            # longer than uvicorn's keep-alive timeout) before reading the request: reconnect
+            # and send it again, as HTTP clients do.
+            self.writer.close()
+            self.reader, self.writer = await self._connect(self.port)
+            self.writer.write(request)
+            head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
         start = head.lower().find(b"content-length:")
         if start < 0:
@@ -260,7 +291,9 @@ async def _worker(
                 continue
             limit = limits[script.run_id] if limits is not None else len(script.checkpoints)
             last_epoch, stopped, sent, error = 0, False, 0, None
-            for epoch, request in script.checkpoints[:limit]:
+            for n, (epoch, request) in enumerate(script.checkpoints[:limit]):
+                if script.gaps:
+                    await asyncio.sleep(script.gaps[n])  # the worker trains its map
                 t0 = clock()
                 status, body = await conn.call(request)
                 latencies.append(clock() - t0)
@@ -310,7 +343,10 @@ def _client_process(
             *(_worker(port, scripts, queue, limits, result) for _ in range(n_workers))
         )
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except Exception as e:  # reported, not hung on: the parent waits for this result
+        result.errors.append(f"client process failed: {e!r}")
     result.ended = time.perf_counter()
     result.cpu_s = time.process_time() - cpu0
     out.put(result)
@@ -621,13 +657,19 @@ def trial(
             load = os.getloadavg()[0]
             fsync = fsync_ms(tmp)
             cpu0 = server.cpu_s()
-            real = run_phase(port, scripts_for(runs, port, bare=False), workers, args.clients)
+            real = run_phase(
+                port, scripts_for(runs, port, bare=False, pace=args.pace), workers, args.clients
+            )
             real.server_cpu_s = server.cpu_s() - cpu0
             limits = {rid: o.n_checkpoints for rid, o in real.outcomes.items()}
             limits.update({r.run_id: 0 for r in runs if r.run_id not in limits})
             cpu0 = server.cpu_s()
             bare = run_phase(
-                port, scripts_for(runs, port, bare=True), workers, args.clients, limits
+                port,
+                scripts_for(runs, port, bare=True, pace=args.pace),
+                workers,
+                args.clients,
+                limits,
             )
             bare.server_cpu_s = server.cpu_s() - cpu0
             rss, hwm = server.rss_mb()
@@ -755,6 +797,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write every figure here as JSON")
     parser.add_argument("--no-startup", action="store_true", help="skip the `oracle serve` timing")
     parser.add_argument(
+        "--pace",
+        type=float,
+        default=0.0,
+        help="0: closed loop, each worker posts as soon as it is answered (throughput). "
+        "F > 0: each worker waits the run's recorded training time (wall_s) divided by F "
+        "before each checkpoint, as real workers do (latency at a realistic load)",
+    )
+    parser.add_argument(
         "--policy",
         choices=("median", "oracle"),
         default="median",
@@ -776,7 +826,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{len(runs)} runs, {sum(len(r.checkpoints) for r in runs)} checkpoints planned; "
         f"backends {backends}, workers {worker_counts}, {args.repeat} repeats, "
         f"{args.server_workers} server process(es), {args.clients} client process(es), "
-        f"{os.cpu_count()} CPUs",
+        f"{os.cpu_count()} CPUs, "
+        + (f"paced: recorded training time / {args.pace:g}" if args.pace else "closed loop"),
         flush=True,
     )
     tmp = Path(tempfile.mkdtemp(prefix="oracle-bench-"))

@@ -27,6 +27,9 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys)
+
+
 class StrictJSONRequest(Request):
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
@@ -36,7 +39,7 @@ class StrictJSONRequest(Request):
             except UnicodeDecodeError as e:
                 # JSON between systems is UTF-8 (RFC 8259); FastAPI would answer a bare 400.
                 raise json.JSONDecodeError(f"the body is not UTF-8 ({e.reason})", "", 0) from e
-            self._json = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+            self._json = _DECODER.decode(text)
         return self._json
 
 

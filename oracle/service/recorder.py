@@ -18,7 +18,7 @@ replica, a finish) is noticed, reloaded and decided again.
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -250,10 +250,15 @@ class Recorder:
                     )
                 except Exception as e:
                     results[i] = e
-        for i, _ in pendings:
-            if isinstance(results[i], Decision):
-                metrics.CHECKPOINTS.inc()
-                metrics.DECISIONS.labels(action=results[i].action, policy=results[i].policy).inc()
+        answered = Counter(
+            (r.action, r.policy)
+            for r in (results[i] for i, _ in pendings)
+            if isinstance(r, Decision)
+        )
+        if answered:  # once per batch: a labelled child costs a lock and a lookup
+            metrics.CHECKPOINTS.inc(answered.total())
+            for (action, policy), n in answered.items():
+                metrics.DECISIONS.labels(action=action, policy=policy).inc(n)
         return results
 
     # --- starting and finishing: Core for the common case, the ORM for the rest -----------

@@ -622,7 +622,7 @@ def finish_runs(
         if state.pk in ended and status == "completed" and state.last_epoch == state.max_epochs:
             joining.setdefault(state.study_pk, []).append(state.pk)
     seqs = []
-    for study_pk, pks in joining.items():
+    for study_pk, pks in sorted(joining.items()):  # one lock order for concurrent writers
         top = conn.execute(
             _JOIN_REFERENCE, {"b_study_pk": study_pk, "b_joining": len(pks)}
         ).scalar_one()

@@ -661,9 +661,13 @@ def _execute_values(
 ) -> set[int]:
     if not rows:
         return set()
-    sql, positions, defaults = _compiled_values(conn.dialect, kind, len(rows))
+    # Padded to a power of two with rows that match no run (no key is negative): a handful of
+    # statement shapes, compiled and prepared by Postgres once each, not one per batch size.
+    size = 1 << (len(rows) - 1).bit_length()
+    padding = {name: None for name in _VALUE_COLUMNS[kind]} | {"pk": -1}
+    sql, positions, defaults = _compiled_values(conn.dialect, kind, size)
     params = dict(defaults)
-    for n, row in enumerate(rows):
+    for n, row in enumerate(rows + [padding] * (size - len(rows))):
         for name, value in row.items():
             params[f"r{n}_{name}"] = value
     if "finished_at" in shared:

@@ -66,7 +66,10 @@ class BundlePredictor:
 
     def final_quantiles(self, history: np.ndarray) -> np.ndarray:
         """(3, n_levels): the predicted finals at each quantile level, sorted (no crossing)."""
-        raw = self.raw(history).reshape(N_TARGETS, self.levels.size)
+        return self._finals(self.raw(history), history)
+
+    def _finals(self, raw: np.ndarray, history: np.ndarray) -> np.ndarray:
+        raw = raw.reshape(N_TARGETS, self.levels.size)
         return np.sort(decode_targets(raw, current_metrics(history)), axis=1)
 
     def quantiles_by_step(self, history: np.ndarray) -> np.ndarray:
@@ -95,9 +98,43 @@ class BundlePredictor:
         return middle + self.interval_scale * (scores - middle)
 
     def predict(self, history: np.ndarray, weights: Sequence[float]) -> Prediction:
+        return self._prediction(self.raw(history), history, weights)
+
+    def predict_many(
+        self, histories: Sequence[np.ndarray], weights: Sequence[Sequence[float]]
+    ) -> list[Prediction]:
+        """`predict` for each run of a batch. The runs whose previous checkpoint this process
+        predicted take their next step together (one matmul per layer for all of them)."""
+        histories = [np.ascontiguousarray(h, dtype=np.float64) for h in histories]
+        raws: list[np.ndarray | None] = [None] * len(histories)
+        hits: list[tuple[int, list[State]]] = []
+        if self.cache_runs and self.network.batches:
+            with self._lock:
+                for k, history in enumerate(histories):
+                    if history.shape[0] > 1:
+                        states = self._cache.get(history[:-1].tobytes())
+                        if states is not None:
+                            hits.append((k, states))
+        if len(hits) > 1:
+            x = np.stack([encode_history(histories[k])[-1] for k, _ in hits])
+            y, stepped = self.network.step_many(x, [states for _, states in hits])
+            with self._lock:
+                for (k, _), row, states in zip(hits, y, stepped, strict=True):
+                    raws[k] = row
+                    self._cache[histories[k].tobytes()] = states
+                while len(self._cache) > self.cache_runs:
+                    self._cache.popitem(last=False)
+        return [
+            self._prediction(raw if raw is not None else self.raw(history), history, w)
+            for raw, history, w in zip(raws, histories, weights, strict=True)
+        ]
+
+    def _prediction(
+        self, raw: np.ndarray, history: np.ndarray, weights: Sequence[float]
+    ) -> Prediction:
         if len(weights) != N_TARGETS:
             raise ValueError(f"expected {N_TARGETS} weights, got {len(weights)}")
-        finals = self.final_quantiles(history)
+        finals = self._finals(raw, history)
         scores = self.score_quantiles(finals, weights)
         median = finals[:, self.median]
         return Prediction(

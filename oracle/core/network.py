@@ -66,6 +66,11 @@ class Dense:
             y = np.tanh(y)
         return y, None
 
+    def step_many(self, x: np.ndarray, states: list[State]) -> tuple[np.ndarray, list[State]]:
+        """One step of B runs: (B, d_in) -> (B, units)."""
+        y, _ = self.run(x, None)
+        return y, states
+
 
 class LSTM:
     """Keras' LSTM (gates i, f, c, o; tanh and sigmoid), the input projection done for all
@@ -93,6 +98,16 @@ class LSTM:
         h, c = state
         z = x @ self.kernel + self.bias
         return _steps(z, h, c, self.recurrent, self.scale, self.offset)
+
+    def step_many(self, x: np.ndarray, states: list[State]) -> tuple[np.ndarray, list[State]]:
+        """One step of B runs at once, each from its own state: (B, d_in) -> (B, units)."""
+        u = self.units
+        h = np.stack([state[0] for state in states])
+        c = np.stack([state[1] for state in states])
+        a = np.tanh(x @ self.kernel + self.bias + h @ self.recurrent) * self.scale + self.offset
+        c = a[:, u : 2 * u] * c + a[:, :u] * a[:, 2 * u : 3 * u]
+        h = a[:, 3 * u :] * np.tanh(c)
+        return h, list(zip(h, c, strict=True))
 
 
 def _steps(
@@ -241,6 +256,24 @@ class Network:
 
     def start(self) -> list[State]:
         return [layer.start() for layer in self.layers]
+
+    @property
+    def batches(self) -> bool:
+        """Whether `step_many` can advance many runs at once (recurrent and dense layers)."""
+        return self.causal and all(hasattr(layer, "step_many") for layer in self.layers)
+
+    def step_many(
+        self, x: np.ndarray, states: Sequence[list[State]]
+    ) -> tuple[np.ndarray, list[list[State]]]:
+        """One more step for each of B runs, from each run's states: (B, n_inputs) rows ->
+        (B, out), and each run's new states. The same as `run` one row at a time, with one
+        matmul per layer for all of them."""
+        x = np.asarray(x, dtype=DTYPE)
+        by_layer: list[list[State]] = []
+        for i, layer in enumerate(self.layers):
+            x, layer_states = layer.step_many(x, [run_states[i] for run_states in states])  # type: ignore[attr-defined]
+            by_layer.append(layer_states)
+        return x, [list(run_states) for run_states in zip(*by_layer, strict=True)]
 
     def run(self, x: np.ndarray, states: list[State]) -> tuple[np.ndarray, list[State]]:
         """(T, n_inputs) -> outputs of the last layer; (T, out) if causal, else (1, out)."""

@@ -18,12 +18,14 @@ replica, a finish) is noticed, reloaded and decided again.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
 import structlog
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
@@ -189,14 +191,26 @@ class Recorder:
                 finishes = [(i, p) for i, p in runs_loop if isinstance(p, _Finish)]
                 self._start_new(conn, starts, results, started)
                 self._finish_running(conn, finishes, results)
-                planned: list[tuple[int, RunState, store.HistoryRow, dict[str, Any]]] = []
+                situated: list[tuple[int, _Pending, RunState, store.HistoryRow, Metrics]] = []
+                situations: list[Situation] = []
                 for i, pending in pendings:
                     try:
-                        planned.append((i, *self._plan(conn, pending)))
+                        state, point, observed, situation = self._situate(conn, pending)
                     except _SlowPath:
                         continue
                     except OracleError as e:
                         results[i] = e
+                        continue
+                    situated.append((i, pending, state, point, observed))
+                    situations.append(situation)
+                planned: list[tuple[int, RunState, store.HistoryRow, dict[str, Any]]] = []
+                for (i, pending, state, point, observed), situation in zip(
+                    situated, self._forecast(situations), strict=True
+                ):
+                    verdict = decide(chain_for(situation.policy.decider), situation)
+                    row = row_of_verdict(pending.body, observed, state.max_epochs, verdict)
+                    row["run_pk"] = state.pk
+                    planned.append((i, state, point, row))
                 rows: list[dict[str, Any]] = []
                 moved = store.advance_runs(conn, [(state, pt[0]) for _, state, pt, _ in planned])
                 for i, state, point, row in planned:
@@ -336,9 +350,9 @@ class Recorder:
         while len(self._runs) > CACHED_RUNS:
             self._runs.popitem(last=False)
 
-    def _plan(
+    def _situate(
         self, conn: Any, pending: _Pending
-    ) -> tuple[RunState, store.HistoryRow, dict[str, Any]]:
+    ) -> tuple[RunState, store.HistoryRow, Metrics, Situation]:
         body = pending.body
         state = self._runs.get(pending.run_id)
         if state is None:
@@ -362,10 +376,32 @@ class Recorder:
             thresholds=reference.thresholds(policy),
             predictor=self.models.current,
         )
-        verdict = decide(chain_for(policy.decider), situation)
-        row = row_of_verdict(body, observed, state.max_epochs, verdict)
-        row["run_pk"] = state.pk
-        return state, point, row
+        return state, point, observed, situation
+
+    @staticmethod
+    def _forecast(situations: list[Situation]) -> list[Situation]:
+        """The model's forecasts for the batch's runs that the oracle decides, made together
+        (one network step for all the runs the model saw before); the others forecast lazily."""
+        predictor = next((s.predictor for s in situations if s.predictor is not None), None)
+        many = getattr(predictor, "predict_many", None)
+        wanted = [
+            k
+            for k, s in enumerate(situations)
+            if s.predictor is predictor
+            and s.policy.decider == "auto"  # the chain with the oracle policy
+            and np.all(np.isfinite(s.history[:, 1:4]))
+        ]
+        if many is None or len(wanted) < 2:
+            return situations
+        weights = [situations[k].policy.weights for k in wanted]
+        forecasts = many(
+            [situations[k].history for k in wanted],
+            [(w.mqe, w.topographic_error, w.dead_neuron_ratio) for w in weights],
+        )
+        out = list(situations)
+        for k, forecast in zip(wanted, forecasts, strict=True):
+            out[k] = dataclasses.replace(out[k], forecast=forecast)
+        return out
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

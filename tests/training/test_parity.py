@@ -66,3 +66,39 @@ def test_carried_state_equals_a_full_pass(keras_model) -> None:  # type: ignore[
             np.testing.assert_allclose(
                 cached.raw(history[:k]), fresh.raw(history[:k]), rtol=0, atol=1e-5
             )
+
+
+def test_a_batch_of_runs_steps_together_as_each_would_alone(keras_model) -> None:  # type: ignore[no-untyped-def]
+    """BundlePredictor.predict_many: runs whose previous checkpoint was predicted advance in
+    one batched step; the forecasts equal predict's, run by run."""
+    spec, model = keras_model
+    manifest = {"architecture": spec, "quantile_levels": list(LEVELS), "interval_scale": 1.0}
+    weights = models.export_weights(model, spec)
+    batched = BundlePredictor("v", Bundle(manifest, weights))
+    alone = BundlePredictor("v", Bundle(manifest, weights), cache_runs=0)
+    rng = np.random.default_rng(5)
+    histories = []
+    for n in rng.integers(2, 14, 12):
+        histories.append(
+            np.column_stack(
+                [np.sort(rng.uniform(0, 1, n)), rng.uniform(0.1, 5, n), rng.uniform(0, 1, (n, 2))]
+            )
+        )
+    for h in histories[:9]:  # three runs are new to the batched predictor: full passes
+        batched.predict(h[:-1], (1.0, 1.0, 0.5))
+    w = [(1.0, 1.0, 0.5), (2.0, 0.5, 0.0)] * 6
+    got = batched.predict_many(histories, w)
+    for h, weights_, prediction in zip(histories, w, got, strict=True):
+        expected = alone.predict(h, weights_)
+        np.testing.assert_allclose(prediction.final, expected.final, rtol=1e-5, atol=1e-5)
+        assert prediction.score == pytest.approx(expected.score, rel=1e-5, abs=1e-5)
+    assert batched.network.batches == (spec["name"] in ("lite", "standard"))
+    # the next checkpoint of every run: all twelve now step together from their cached states
+    step = np.array([0.01, 0.0, 0.0, 0.0])
+    longer = [np.vstack([h, h[-1] + step]) for h in histories]
+    np.testing.assert_allclose(
+        [p.final for p in batched.predict_many(longer, w)],
+        [alone.predict(h, ww).final for h, ww in zip(longer, w, strict=True)],
+        rtol=1e-5,
+        atol=1e-5,
+    )

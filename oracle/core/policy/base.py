@@ -53,6 +53,8 @@ class Situation:
     policy: StudyPolicy
     thresholds: Thresholds
     predictor: Predictor | None = None
+    # The forecast, when the caller made it already (the writer forecasts a batch at once).
+    forecast: Prediction | None = None
 
     @property
     def progress(self) -> float:
@@ -64,6 +66,8 @@ class Situation:
     def predict(self) -> Prediction | None:
         """The model's forecast of this run with the study's weights; None without a model
         or for a history with non-finite metrics (nothing to forecast from)."""
+        if self.forecast is not None:
+            return self.forecast
         if self.predictor is None or not np.all(np.isfinite(self.history[:, 1:4])):
             return None
         w = self.policy.weights

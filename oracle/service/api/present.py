@@ -31,28 +31,8 @@ def study_public(study: Study, counts: dict[str, int]) -> StudyPublic:
 
 
 def run_public(run: Run, study_id: str) -> RunPublic:
-    final = (
-        Metrics(
-            mqe=run.final_mqe,
-            topographic_error=run.final_topographic_error,
-            dead_neuron_ratio=run.final_dead_neuron_ratio,
-        )
-        if run.status != "running"
-        else None
-    )
-    return RunPublic(
-        run_id=run.run_id,
-        study_id=study_id,
-        max_epochs=run.max_epochs,
-        config=run.config,
-        dataset=run.dataset,
-        status=run.status,
-        last_epoch=run.last_epoch,
-        n_checkpoints=run.n_checkpoints,
-        final=final,
-        created_at=run.created_at,
-        finished_at=run.finished_at,
-    )
+    final = store.Metrics(run.final_mqe, run.final_topographic_error, run.final_dead_neuron_ratio)
+    return _run_public(run, study_id, run.n_checkpoints, final, run.finished_at)
 
 
 def run_public_of_state(
@@ -62,18 +42,28 @@ def run_public_of_state(
     finished_at: datetime | None = None,
 ) -> RunPublic:
     """A run the writer has just started or ended, from its cached state (no read)."""
-    ended = final is not None and state.status != "running"
+    return _run_public(state, study_id, len(state.history), final, finished_at)
+
+
+def _run_public(
+    run: Run | RunState,
+    study_id: str,
+    n_checkpoints: int,
+    final: store.Metrics | None,
+    finished_at: datetime | None,
+) -> RunPublic:
+    ended = run.status != "running" and final is not None
     return RunPublic(
-        run_id=state.run_id,
+        run_id=run.run_id,
         study_id=study_id,
-        max_epochs=state.max_epochs,
-        config=state.config,
-        dataset=state.dataset,
-        status=state.status,
-        last_epoch=state.last_epoch,
-        n_checkpoints=len(state.history),
+        max_epochs=run.max_epochs,
+        config=run.config,
+        dataset=run.dataset,
+        status=run.status,
+        last_epoch=run.last_epoch,
+        n_checkpoints=n_checkpoints,
         final=Metrics(**final.as_dict()) if ended and final is not None else None,
-        created_at=state.created_at,
+        created_at=run.created_at,
         finished_at=finished_at,
     )
 

@@ -9,10 +9,11 @@ run, its checkpoints, finish it) take Core statements that cannot fail on their 
 they cannot settle (a retry, a conflict, a lost race) goes one at a time, in its own
 transaction, after the batch, through the ORM code that knows every rule.
 
-A checkpoint usually costs one guarded UPDATE of its run and its share of one multi-row
-INSERT: the process keeps each running run's history between checkpoints, and the UPDATE is a
-compare-and-swap on the run's last epoch, so a history that changed elsewhere (another
-replica, a finish) is noticed, reloaded and decided again.
+A batch's checkpoints cost one UPDATE of all their runs and one multi-row INSERT: the process
+keeps each running run's history between checkpoints, and the UPDATE is a compare-and-swap on
+each run's last epoch, so a history that changed elsewhere (another replica, a finish) is
+noticed, reloaded and decided again. The model's forecasts for the batch are made together,
+one network step for all the runs it has seen before.
 """
 
 from __future__ import annotations
@@ -191,36 +192,7 @@ class Recorder:
                 finishes = [(i, p) for i, p in runs_loop if isinstance(p, _Finish)]
                 self._start_new(conn, starts, results, started)
                 self._finish_running(conn, finishes, results)
-                situated: list[tuple[int, _Pending, RunState, store.HistoryRow, Metrics]] = []
-                situations: list[Situation] = []
-                for i, pending in pendings:
-                    try:
-                        state, point, observed, situation = self._situate(conn, pending)
-                    except _SlowPath:
-                        continue
-                    except OracleError as e:
-                        results[i] = e
-                        continue
-                    situated.append((i, pending, state, point, observed))
-                    situations.append(situation)
-                planned: list[tuple[int, RunState, store.HistoryRow, dict[str, Any]]] = []
-                for (i, pending, state, point, observed), situation in zip(
-                    situated, self._forecast(situations), strict=True
-                ):
-                    verdict = decide(chain_for(situation.policy.decider), situation)
-                    row = row_of_verdict(pending.body, observed, state.max_epochs, verdict)
-                    row["run_pk"] = state.pk
-                    planned.append((i, state, point, row))
-                rows: list[dict[str, Any]] = []
-                moved = store.advance_runs(conn, [(state, pt[0]) for _, state, pt, _ in planned])
-                for i, state, point, row in planned:
-                    if state.pk not in moved:
-                        self.forget(state.run_id)  # moved on elsewhere: reload, decide again
-                        continue
-                    rows.append(row)
-                    done.append((i, state, point))
-                    results[i] = decision_of_verdict(state.run_id, row)
-                store.insert_checkpoint_rows(conn, rows)
+                done = self._store_checkpoints(conn, pendings, results)
         except OracleError as e:  # storage unavailable: nothing of this batch was stored
             for run_id in touched:
                 self.forget(run_id)
@@ -274,6 +246,45 @@ class Recorder:
             for (action, policy), n in answered.items():
                 metrics.DECISIONS.labels(action=action, policy=policy).inc(n)
         return results
+
+    def _store_checkpoints(
+        self, conn: Connection, pendings: list[tuple[int, _Pending]], results: list[Any]
+    ) -> list[tuple[int, RunState, store.HistoryRow]]:
+        """Decide and store the batch's checkpoints: forecasts together, the runs advanced by
+        one compare-and-swap, the rows in one INSERT. Fills `results` with the answers and
+        errors; what stays None goes one at a time after the batch."""
+        done: list[tuple[int, RunState, store.HistoryRow]] = []
+        situated: list[tuple[int, _Pending, RunState, store.HistoryRow, Metrics]] = []
+        situations: list[Situation] = []
+        for i, pending in pendings:
+            try:
+                state, point, observed, situation = self._situate(conn, pending)
+            except _SlowPath:
+                continue
+            except OracleError as e:
+                results[i] = e
+                continue
+            situated.append((i, pending, state, point, observed))
+            situations.append(situation)
+        planned: list[tuple[int, RunState, store.HistoryRow, dict[str, Any]]] = []
+        for (i, pending, state, point, observed), situation in zip(
+            situated, self._forecast(situations), strict=True
+        ):
+            verdict = decide(chain_for(situation.policy.decider), situation)
+            row = row_of_verdict(pending.body, observed, state.max_epochs, verdict)
+            row["run_pk"] = state.pk
+            planned.append((i, state, point, row))
+        rows: list[dict[str, Any]] = []
+        moved = store.advance_runs(conn, [(state, pt[0]) for _, state, pt, _ in planned])
+        for i, state, point, row in planned:
+            if state.pk not in moved:
+                self.forget(state.run_id)  # moved on elsewhere: reload, decide again
+                continue
+            rows.append(row)
+            done.append((i, state, point))
+            results[i] = decision_of_verdict(state.run_id, row)
+        store.insert_checkpoint_rows(conn, rows)
+        return done
 
     # --- starting and finishing: Core for the common case, the ORM for the rest -----------
 

@@ -102,8 +102,9 @@ def decode_targets(encoded: np.ndarray, current: np.ndarray) -> np.ndarray:
     the encoded targets decode to quantiles of the finals. TE and dead are clipped to [0, 1].
     """
     encoded = np.asarray(encoded, dtype=np.float64)
-    shape = (3,) + (1,) * (encoded.ndim - 1)
-    cur = np.asarray(current, dtype=np.float64).reshape(shape)
+    cur = np.asarray(current, dtype=np.float64)
+    if cur.ndim == 1:  # one run's (3,); a batch passes (3, B, 1) against (3, B, n_quantiles)
+        cur = cur.reshape((3,) + (1,) * (encoded.ndim - 1))
     out = np.empty_like(encoded)
     ratio = np.clip(encoded[0], -LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
     out[0] = np.maximum(cur[0], _MQE_FLOOR) * np.exp(ratio)

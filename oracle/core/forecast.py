@@ -92,13 +92,13 @@ class BundlePredictor:
         Adding the metrics' quantiles level by level is exact when their errors move together
         and too wide otherwise; `interval_scale`, fitted on held-out runs, corrects the width.
         """
-        w = np.asarray(weights, dtype=np.float64)
-        scores = np.einsum("...tq,t->...q", finals, w)
+        w = np.asarray(weights, dtype=np.float64)  # (3,), or (..., 3): one set per run
+        scores = np.einsum("...tq,...t->...q", finals, w)
         middle = scores[..., self.median : self.median + 1]
         return middle + self.interval_scale * (scores - middle)
 
     def predict(self, history: np.ndarray, weights: Sequence[float]) -> Prediction:
-        return self._prediction(self.raw(history), history, weights)
+        return self._predictions(self.raw(history)[None], [history], [weights])[0]
 
     def predict_many(
         self, histories: Sequence[np.ndarray], weights: Sequence[Sequence[float]]
@@ -124,22 +124,34 @@ class BundlePredictor:
                     self._cache[histories[k].tobytes()] = states
                 while len(self._cache) > self.cache_runs:
                     self._cache.popitem(last=False)
-        return [
-            self._prediction(raw if raw is not None else self.raw(history), history, w)
-            for raw, history, w in zip(raws, histories, weights, strict=True)
+        rows = [
+            raw if raw is not None else self.raw(h) for raw, h in zip(raws, histories, strict=True)
         ]
+        return self._predictions(np.stack(rows), histories, weights) if rows else []
 
-    def _prediction(
-        self, raw: np.ndarray, history: np.ndarray, weights: Sequence[float]
-    ) -> Prediction:
-        if len(weights) != N_TARGETS:
-            raise ValueError(f"expected {N_TARGETS} weights, got {len(weights)}")
-        finals = self._finals(raw, history)
-        scores = self.score_quantiles(finals, weights)
-        median = finals[:, self.median]
-        return Prediction(
-            final=(float(median[0]), float(median[1]), float(median[2])),
-            score=float(scores[self.median]),
-            score_quantiles={float(q): float(s) for q, s in zip(self.levels, scores, strict=True)},
-            model_version=self.version,
-        )
+    def _predictions(
+        self,
+        raws: np.ndarray,
+        histories: Sequence[np.ndarray],
+        weights: Sequence[Sequence[float]],
+    ) -> list[Prediction]:
+        """The forecasts of B runs from the network's outputs raws (B, n_outputs), each with
+        its own score weights (B, 3)."""
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != (len(histories), N_TARGETS):
+            raise ValueError(f"expected {N_TARGETS} weights per run, got shape {w.shape}")
+        encoded = raws.reshape(len(histories), N_TARGETS, self.levels.size).transpose(1, 0, 2)
+        current = np.stack([current_metrics(h) for h in histories]).T[:, :, None]  # (3, B, 1)
+        finals = np.sort(decode_targets(encoded, current), axis=2).transpose(1, 0, 2)
+        scores = self.score_quantiles(finals, w)
+        levels = self.levels.tolist()
+        m = self.median
+        return [
+            Prediction(
+                final=(float(f[0, m]), float(f[1, m]), float(f[2, m])),
+                score=float(s[m]),
+                score_quantiles=dict(zip(levels, s.tolist(), strict=True)),
+                model_version=self.version,
+            )
+            for f, s in zip(finals, scores, strict=True)
+        ]

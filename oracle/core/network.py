@@ -101,12 +101,9 @@ class LSTM:
 
     def step_many(self, x: np.ndarray, states: list[State]) -> tuple[np.ndarray, list[State]]:
         """One step of B runs at once, each from its own state: (B, d_in) -> (B, units)."""
-        u = self.units
         h = np.stack([state[0] for state in states])
         c = np.stack([state[1] for state in states])
-        a = np.tanh(x @ self.kernel + self.bias + h @ self.recurrent) * self.scale + self.offset
-        c = a[:, u : 2 * u] * c + a[:, :u] * a[:, 2 * u : 3 * u]
-        h = a[:, 3 * u :] * np.tanh(c)
+        h, c = _step(x @ self.kernel + self.bias, h, c, self.recurrent, self.scale, self.offset)
         return h, list(zip(h, c, strict=True))
 
 
@@ -119,14 +116,27 @@ def _steps(
     offset: np.ndarray,
 ) -> tuple[np.ndarray, State]:
     """The LSTM recurrence over projected inputs z (T, 4u), gates laid out [i, f, c, o]."""
-    u = h.shape[0]
-    out = np.empty((z.shape[0], u), DTYPE)
+    out = np.empty((z.shape[0], h.shape[0]), DTYPE)
     for t in range(z.shape[0]):
-        a = np.tanh(z[t] + h @ recurrent) * scale + offset
-        c = a[u : 2 * u] * c + a[:u] * a[2 * u : 3 * u]
-        h = a[3 * u :] * np.tanh(c)
+        h, c = _step(z[t], h, c, recurrent, scale, offset)
         out[t] = h
     return out, (h, c)
+
+
+def _step(
+    z: np.ndarray,
+    h: np.ndarray,
+    c: np.ndarray,
+    recurrent: np.ndarray,
+    scale: np.ndarray,
+    offset: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One LSTM step from the projected input z (..., 4u): one run's (u,) state or B runs'
+    (B, u) states alike."""
+    u = h.shape[-1]
+    a = np.tanh(z + h @ recurrent) * scale + offset
+    c = a[..., u : 2 * u] * c + a[..., :u] * a[..., 2 * u : 3 * u]
+    return a[..., 3 * u :] * np.tanh(c), c
 
 
 def _interleave(forward: np.ndarray, backward: np.ndarray, u: int) -> np.ndarray:

@@ -66,8 +66,11 @@ class Metrics:
         }
 
 
+_DIALECTS = {"sqlite": sqlite, "postgresql": postgresql}
+
+
 def _insert(session: Session) -> Any:
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    return _DIALECTS[session.get_bind().dialect.name].insert
 
 
 # --- studies ---------------------------------------------------------------------------------
@@ -89,20 +92,7 @@ def ensure_study(session: Session, study_id: str) -> Study:
     study = find_study(session, study_id)
     if study is not None:
         return study
-    now = utcnow()
-    session.execute(
-        _insert(session)(Study)
-        .values(
-            study_id=study_id,
-            description=None,
-            policy=StudyPolicy().model_dump(mode="json"),
-            reference_runs=0,
-            created_at=now,
-            updated_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=["study_id"])
-    )
-    return get_study(session, study_id)
+    return session.get_one(Study, study_pk_of(session.connection(), study_id))
 
 
 def put_study(
@@ -333,6 +323,12 @@ def same_metrics(stored: Checkpoint, metrics: Metrics, wall_s: float | None) -> 
 # --- finishing -------------------------------------------------------------------------------
 
 
+def joins_reference(status: str, last_epoch: int | None, max_epochs: int) -> bool:
+    """Whether a run ending so joins its study's reference set (median rule, percentile
+    thresholds) and becomes training data: completed, at max_epochs."""
+    return status == "completed" and last_epoch == max_epochs
+
+
 def finish_run(session: Session, run: Run, status: str, final: Metrics | None) -> tuple[Run, bool]:
     """End a run; returns it and whether this call changed it (False: an identical retry)."""
     if status not in FINISHED_STATUSES:
@@ -356,9 +352,7 @@ def finish_run(session: Session, run: Run, status: str, final: Metrics | None) -
     run.final_topographic_error = final.topographic_error
     run.final_dead_neuron_ratio = final.dead_neuron_ratio
     run.finished_at = utcnow()
-    if status == "completed" and run.last_epoch == run.max_epochs:
-        # Completed at max_epochs: the run joins its study's reference set (median rule,
-        # percentile thresholds) and becomes training data.
+    if joins_reference(status, run.last_epoch, run.max_epochs):
         seq = session.execute(
             update(Study)
             .where(Study.pk == run.study_pk)
@@ -455,7 +449,6 @@ _HISTORIES = (
 )
 _INSERT_CHECKPOINTS = _checkpoints.insert()
 _STUDY_PK = select(_studies.c.pk).where(_studies.c.study_id == bindparam("b_study_id"))
-_DIALECTS = {"sqlite": sqlite, "postgresql": postgresql}
 _NEW_STUDY = {
     name: dialect.insert(_studies).on_conflict_do_nothing(index_elements=["study_id"])
     for name, dialect in _DIALECTS.items()
@@ -593,7 +586,7 @@ def advance_runs(conn: Connection, moves: Sequence[tuple[RunState, int]]) -> set
     """Move each run's last epoch from what its state says to the new epoch, in one statement;
     the keys of the runs that moved (the others moved on elsewhere, or ended)."""
     rows = [
-        {"pk": state.pk, "from": _epoch_or_none(state.last_epoch), "to": epoch}
+        {"pk": state.pk, "from": _guard_epoch(state.last_epoch), "to": epoch}
         for state, epoch in moves
     ]
     return _execute_values(conn, "advance", rows)
@@ -608,7 +601,7 @@ def finish_runs(
     rows = [
         {
             "pk": state.pk,
-            "from": _epoch_or_none(state.last_epoch),
+            "from": _guard_epoch(state.last_epoch),
             "status": status,
             "mqe": final.mqe,
             "te": final.topographic_error,
@@ -619,7 +612,7 @@ def finish_runs(
     ended = _execute_values(conn, "finish", rows, finished_at=finished_at)
     joining: dict[int, list[int]] = {}
     for state, status, _ in ends:
-        if state.pk in ended and status == "completed" and state.last_epoch == state.max_epochs:
+        if state.pk in ended and joins_reference(status, state.last_epoch, state.max_epochs):
             joining.setdefault(state.study_pk, []).append(state.pk)
     seqs = []
     for study_pk, pks in sorted(joining.items()):  # one lock order for concurrent writers
@@ -638,7 +631,7 @@ def insert_checkpoint_rows(conn: Connection, rows: list[dict[str, Any]]) -> None
         conn.execute(_INSERT_CHECKPOINTS, rows)
 
 
-def _epoch_or_none(epoch: int | None) -> int:
+def _guard_epoch(epoch: int | None) -> int:
     # -1 stands for "no checkpoint yet" (epochs start at 0), so the guard is a plain "=".
     return -1 if epoch is None else epoch
 

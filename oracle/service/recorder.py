@@ -302,10 +302,12 @@ class Recorder:
         for i, item in starts:
             firsts.setdefault(item.run_id, (i, item))
         keyed = []
+        pks: dict[str, int] = {}  # a new study is cached only once its batch is committed
         for _, item in firsts.values():
             study_id = item.spec.study_id
-            study_pk = self._study_pks.get(study_id) or store.study_pk_of(conn, study_id)
-            keyed.append((item.run_id, study_pk, item.spec))
+            if study_id not in pks:
+                pks[study_id] = self._study_pks.get(study_id) or store.study_pk_of(conn, study_id)
+            keyed.append((item.run_id, pks[study_id], item.spec))
         states = store.insert_new_runs(conn, keyed)
         for i, item in firsts.values():
             state = states.get(item.run_id)

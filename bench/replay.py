@@ -811,6 +811,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="who decides past warm-up: the median rule, or the shipped model (oracle)",
     )
     args = parser.parse_args(argv)
+    if args.pace < 0:
+        parser.error(f"--pace must be 0 (closed loop) or positive, not {args.pace:g}")
     if args.quick:
         args.runs, args.repeat = 100, 1
     return args

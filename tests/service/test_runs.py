@@ -121,3 +121,25 @@ def test_list_runs_pages_with_a_cursor_and_filters(client: TestClient) -> None:
     assert client.get("/v1/runs", params={"cursor": "garbage!"}).status_code == 422
     assert client.get("/v1/runs", params={"limit": 0}).status_code == 422
     assert client.get("/v1/runs", params={"study_id": "nope"}).status_code == 404
+
+
+def test_finish_run_stores_non_finite_finals_as_null_and_a_retry_gets_the_same_answer(
+    client: TestClient,
+) -> None:
+    client.put("/v1/runs/r1", json=BODY)
+    client.post(
+        "/v1/runs/r1/checkpoints",
+        json={"epoch": 3, "mqe": 0.5, "topographic_error": 0.1, "dead_neuron_ratio": 0.2},
+    )
+    final = '{"mqe": NaN, "topographic_error": null, "dead_neuron_ratio": 0.3}'
+    body = f'{{"status": "failed", "final": {final}}}'
+    headers = {"content-type": "application/json"}
+    first = client.post("/v1/runs/r1/finish", content=body, headers=headers)
+    assert first.status_code == 200, first.text
+    expected = {"mqe": None, "topographic_error": None, "dead_neuron_ratio": 0.3}
+    assert first.json()["final"] == expected
+    again = client.post("/v1/runs/r1/finish", content=body, headers=headers)
+    assert again.status_code == 200 and again.json() == first.json()
+    stored = client.get("/v1/runs/r1").json()
+    assert (stored["status"], stored["final"], stored["last_epoch"]) == ("failed", expected, 3)
+    assert stored["finished_at"] == first.json()["finished_at"]

@@ -9,6 +9,12 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -83,30 +89,38 @@ def make_engine(
         )
         _configure_sqlite(engine, immediate=writer, busy_timeout_ms=busy_timeout_ms)
         return engine
-    return create_engine(
-        url,
-        pool_size=pool_size,
-        max_overflow=pool_size,
-        pool_pre_ping=pre_ping,
-        pool_timeout=5,
+    return create_engine(url, pool_pre_ping=pre_ping, **_postgres_pool(pool_size))
+
+
+def _postgres_pool(pool_size: int) -> dict[str, Any]:
+    return {
+        "pool_size": pool_size,
+        "max_overflow": pool_size,
+        "pool_timeout": 5,
         # A request must fail fast with 503 while Postgres is down, not hang.
-        connect_args={"connect_timeout": 3},
-    )
+        "connect_args": {"connect_timeout": 3},
+    }
 
 
 @dataclass(frozen=True)
 class Database:
-    """The engines of one process: one for the writer thread, one for reads."""
+    """The engines of one process: one for the writer, one for reads; and, for Postgres in
+    the service, an asyncio engine on which the writer awaits its batches (see Recorder)."""
 
     url: str
     write_engine: Engine
     read_engine: Engine
     writes: sessionmaker[Session]
     reads: sessionmaker[Session]
+    async_write_engine: AsyncEngine | None = None
+    async_writes: async_sessionmaker[AsyncSession] | None = None
 
     @classmethod
-    def connect(cls, url: str, *, pool_size: int = 5) -> Database:
+    def connect(cls, url: str, *, pool_size: int = 5, async_writes: bool = False) -> Database:
+        """`async_writes`: also an asyncio writer engine (Postgres only; call from the event
+        loop that will use it, and close with `aclose`)."""
         url = normalize_url(url)
+        async_engine = None
         if is_sqlite(url):
             write_engine = make_engine(url, writer=True, pool_size=pool_size)
             read_engine = make_engine(url, writer=False, pool_size=pool_size)
@@ -116,12 +130,20 @@ class Database:
             # which clients retry) and invalidates the pool, and the next one reconnects.
             write_engine = make_engine(url, pool_size=pool_size, pre_ping=False)
             read_engine = make_engine(url, pool_size=pool_size)
+            if async_writes:
+                async_engine = create_async_engine(url, **_postgres_pool(pool_size))
         return cls(
             url=url,
             write_engine=write_engine,
             read_engine=read_engine,
             writes=sessionmaker(write_engine, expire_on_commit=False),
             reads=sessionmaker(read_engine, expire_on_commit=False),
+            async_write_engine=async_engine,
+            async_writes=(
+                async_sessionmaker(async_engine, expire_on_commit=False)
+                if async_engine is not None
+                else None
+            ),
         )
 
     @property
@@ -132,6 +154,12 @@ class Database:
         self.write_engine.dispose()
         if self.read_engine is not self.write_engine:
             self.read_engine.dispose()
+
+    async def aclose(self) -> None:
+        """`dispose`, and the asyncio engine's connections (on the loop that opened them)."""
+        if self.async_write_engine is not None:
+            await self.async_write_engine.dispose()
+        self.dispose()
 
 
 def alembic_config(url: str) -> Any:

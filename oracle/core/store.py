@@ -11,13 +11,16 @@ from typing import Any, cast
 
 from sqlalchemy import (
     Connection,
+    DateTime,
     Float,
     Integer,
     String,
     Table,
+    Text,
     bindparam,
     column,
     func,
+    insert,
     select,
     update,
     values,
@@ -27,6 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.types import TypeDecorator
 
 from oracle.core.errors import Conflict, NotFound
 from oracle.core.reference import HistoryRow
@@ -631,6 +635,32 @@ def insert_checkpoint_rows(conn: Connection, rows: list[dict[str, Any]]) -> None
         conn.execute(_INSERT_CHECKPOINTS, rows)
 
 
+def store_checkpoints(
+    conn: Connection, checkpoints: Sequence[tuple[RunState, dict[str, Any]]]
+) -> set[int]:
+    """Store each run's next checkpoint row (with its decision; `epoch` is the run's new last
+    epoch): the run advances by compare-and-swap on its last epoch, and its row is inserted
+    only if it did. The keys of the runs stored (the others moved on elsewhere, or ended).
+
+    On Postgres this is one statement (the UPDATE as a data-modifying CTE feeding the INSERT);
+    SQLite has no such CTE, and takes the UPDATE and then the INSERT.
+    """
+    if not checkpoints:
+        return set()
+    if conn.dialect.name == "postgresql":
+        rows = [
+            {"pk": state.pk, "from": _guard_epoch(state.last_epoch)}
+            | {name: row[name] for name in _CHECKPOINT_FIELDS}
+            for state, row in checkpoints
+        ]
+        return _execute_values(conn, "checkpoint", rows)
+    moved = advance_runs(conn, [(state, row["epoch"]) for state, row in checkpoints])
+    insert_checkpoint_rows(
+        conn, [row | {"run_pk": state.pk} for state, row in checkpoints if state.pk in moved]
+    )
+    return moved
+
+
 def _guard_epoch(epoch: int | None) -> int:
     # -1 stands for "no checkpoint yet" (epochs start at 0), so the guard is a plain "=".
     return -1 if epoch is None else epoch
@@ -642,10 +672,24 @@ def _guard_epoch(epoch: int | None) -> int:
 # here, and run as driver SQL. The parameters are ints, floats, short strings and one
 # timestamp, whose bind processing is applied here.
 
+
+def _value_type(col: Any) -> Any:
+    # A cast to VARCHAR(n) would cut a longer string short: the column's own type checks it.
+    if isinstance(col.type, String):
+        return Text()
+    return DateTime(timezone=True) if isinstance(col.type, TypeDecorator) else col.type
+
+
 _GUARD_COLUMNS = {"pk": Integer, "from": Integer}
+# A checkpoint row's columns but its run's key (the guard's "pk"); "epoch" is the new last epoch.
+_CHECKPOINT_FIELDS = tuple(c.name for c in _checkpoints.columns if c.name != "run_pk")
 _VALUE_COLUMNS: dict[str, dict[str, Any]] = {
     "advance": {**_GUARD_COLUMNS, "to": Integer},
     "finish": {**_GUARD_COLUMNS, "status": String, "mqe": Float, "te": Float, "dead": Float},
+    "checkpoint": {
+        **_GUARD_COLUMNS,
+        **{n: _value_type(_checkpoints.c[n]) for n in _CHECKPOINT_FIELDS},
+    },
 }
 
 
@@ -699,6 +743,21 @@ def _values_statement(kind: str, n: int) -> Any:
         _runs.c.status == "running",
         func.coalesce(_runs.c.last_epoch, -1) == rows.c.v_from,
     )
+    if kind == "checkpoint":  # Postgres: the guarded UPDATE feeds the INSERT
+        moved = (
+            guarded.values(last_epoch=rows.c.v_epoch, n_checkpoints=_runs.c.n_checkpoints + 1)
+            .returning(_runs.c.pk)
+            .cte("moved")
+        )
+        stored = select(rows.c.v_pk, *(rows.c[f"v_{name}"] for name in _CHECKPOINT_FIELDS))
+        return (
+            insert(_checkpoints)
+            .from_select(
+                ["run_pk", *_CHECKPOINT_FIELDS],
+                stored.join_from(rows, moved, moved.c.pk == rows.c.v_pk),
+            )
+            .returning(_checkpoints.c.run_pk)
+        )
     if kind == "advance":
         guarded = guarded.values(last_epoch=rows.c.v_to, n_checkpoints=_runs.c.n_checkpoints + 1)
     else:

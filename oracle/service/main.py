@@ -63,7 +63,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database.connect(settings.database_url, pool_size=settings.db_pool_size)
+        db = Database.connect(
+            settings.database_url, pool_size=settings.db_pool_size, async_writes=True
+        )
         holder = ModelHolder()
         references = ReferenceCache(settings.reference_refresh_s)
         state = AppState(
@@ -107,7 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
             state.recorder.close()
-            db.dispose()
+            await db.aclose()
 
     app = FastAPI(
         title="The Oracle",

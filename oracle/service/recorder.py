@@ -1,17 +1,21 @@
-"""The process's single writer: every write runs on one thread, and writes that arrive
-together are stored together, in one transaction with one commit (group commit).
+"""The process's single writer: one batch of writes at a time, and writes that arrive together
+are stored together, in one transaction with one commit (group commit).
 
 Why: a commit is an fsync, and SQLite admits one writer at a time. Sixty-four workers posting
-at once cost one fsync per batch instead of one each, and the event loop keeps parsing requests
-while a batch is written. Each general write of a batch runs in its own SAVEPOINT, so one that
-fails (a conflict, say) takes nothing else with it. The writes of the workers' loop (start a
-run, its checkpoints, finish it) take Core statements that cannot fail on their own: whatever
-they cannot settle (a retry, a conflict, a lost race) goes one at a time, in its own
-transaction, after the batch, through the ORM code that knows every rule.
+at once cost one fsync per batch instead of one each. On SQLite a batch runs on a thread, so
+the event loop keeps parsing requests while the batch waits for its fsync; on Postgres the
+batch's statements are awaited on the event loop itself (see `Recorder._write`).
 
-A batch's checkpoints cost one UPDATE of all their runs and one multi-row INSERT: the process
-keeps each running run's history between checkpoints, and the UPDATE is a compare-and-swap on
-each run's last epoch, so a history that changed elsewhere (another replica, a finish) is
+Each general write of a batch runs in its own SAVEPOINT, so one that fails (a conflict, say)
+takes nothing else with it. The writes of the workers' loop (start a run, its checkpoints,
+finish it) take Core statements that cannot fail on their own: whatever they cannot settle (a
+retry, a conflict, a lost race) goes one at a time, in its own transaction, after the batch,
+through the ORM code that knows every rule.
+
+A batch's checkpoints cost one statement on Postgres (an UPDATE of all their runs feeding the
+INSERT of their rows), an UPDATE and a multi-row INSERT on SQLite: the process keeps each
+running run's history between checkpoints, and the UPDATE is a compare-and-swap on each run's
+last epoch, so a history that changed elsewhere (another replica, a finish) is
 noticed, reloaded and decided again. The model's forecasts for the batch are made together,
 one network step for all the runs it has seen before.
 """
@@ -84,6 +88,23 @@ class _Finish:
 _Item = _Pending | _Work | _Start | _Finish
 
 
+class _Outcome:
+    """What storing a batch did: each write's result (None: not settled yet), the checkpoints
+    stored and the runs started (for the cache, once committed)."""
+
+    def __init__(self, batch: list[_Item]) -> None:
+        self.results: list[Any] = [None] * len(batch)
+        self.done: list[tuple[int, RunState, store.HistoryRow]] = []
+        self.started: list[tuple[RunState, str]] = []
+        self.pendings = [(i, p) for i, p in enumerate(batch) if isinstance(p, _Pending)]
+        self.runs_loop = [(i, p) for i, p in enumerate(batch) if isinstance(p, _Start | _Finish)]
+        self.touched = [p.run_id for p in batch if isinstance(p, _Pending | _Finish)]
+
+    def unsettled(self) -> bool:
+        """Whether some write is left for the one-at-a-time path (blocking database calls)."""
+        return any(self.results[i] is None for i, _ in (*self.runs_loop, *self.pendings))
+
+
 class _SlowPath(Exception):
     """The cached view cannot answer this one (a retry, an ended run, a lost race)."""
 
@@ -96,7 +117,7 @@ class Recorder:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oracle-writer")
         self._queue: deque[_Item] = deque()
         self._draining: asyncio.Task[None] | None = None
-        # Touched by the writer thread only.
+        # Touched by one batch at a time (on the writer thread, or the loop for Postgres).
         self._runs: OrderedDict[str, RunState] = OrderedDict()
         self._study_pks: dict[str, int] = {}  # studies are never deleted
         self._study_ids: dict[int, str] = {}
@@ -137,11 +158,10 @@ class Recorder:
             self._draining = asyncio.create_task(self._drain())
 
     async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
         while self._queue:
             batch = self._take_batch()
             try:
-                results = await loop.run_in_executor(self._executor, self._write_batch, batch)
+                results = await self._write(batch)
             except Exception as e:  # the drain must survive; each waiter gets the error
                 results = [e] * len(batch)
             for pending, result in zip(batch, results, strict=True):
@@ -151,6 +171,29 @@ class Recorder:
                     pending.future.set_exception(result)
                 else:
                     pending.future.set_result(result)
+
+    async def _write(self, batch: list[_Item]) -> list[Any]:
+        """Store the batch, then settle what it could not (one at a time, from the database).
+
+        SQLite's commit is an fsync and blocks: the whole batch runs on the writer thread.
+        On Postgres the batch's statements are awaited on the event loop instead (the same
+        code, run by SQLAlchemy's asyncio session in a greenlet): each round trip from a
+        thread had to win the GIL back from the busy event loop, which cost more than the
+        round trip itself. Only the rare one-at-a-time writes go to the thread.
+        """
+        loop = asyncio.get_running_loop()
+        if self.db.async_writes is None:
+            return await loop.run_in_executor(self._executor, self._write_batch, batch)
+        outcome = _Outcome(batch)
+        try:
+            with storage_errors():
+                async with self.db.async_writes.begin() as session:
+                    await session.run_sync(self._store_batch, batch, outcome)
+        except Exception as e:
+            self._failed(batch, outcome, e)
+        if outcome.unsettled():
+            return await loop.run_in_executor(self._executor, self._settle, batch, outcome)
+        return self._settle(batch, outcome)
 
     def _take_batch(self) -> list[_Item]:
         """Up to MAX_BATCH writes, at most one checkpoint per run (a run's next one waits)."""
@@ -169,53 +212,64 @@ class Recorder:
         return batch
 
     def _write_batch(self, batch: list[_Item]) -> list[Any]:
-        results: list[Any] = [None] * len(batch)
-        done: list[tuple[int, RunState, store.HistoryRow]] = []
-        started: list[tuple[RunState, str]] = []
-        pendings = [(i, p) for i, p in enumerate(batch) if isinstance(p, _Pending)]
-        runs_loop = [(i, p) for i, p in enumerate(batch) if isinstance(p, _Start | _Finish)]
-        touched = [p.run_id for p in batch if isinstance(p, _Pending | _Finish)]
+        """The batch on the writer thread: stored in one transaction, then settled."""
+        outcome = _Outcome(batch)
         try:
             with storage_errors(), self.db.writes.begin() as session:
-                # General writes first: the rest run on Core statements that the ORM objects
-                # of these do not see.
-                for i, item in enumerate(batch):
-                    if isinstance(item, _Work):
-                        try:
-                            with storage_errors(), session.begin_nested():
-                                results[i] = item.work(session)
-                        except Exception as e:  # this write's own failure: the rest goes on
-                            results[i] = e
-                conn = session.connection()
-                self._fill_cache(conn, touched)
-                starts = [(i, p) for i, p in runs_loop if isinstance(p, _Start)]
-                finishes = [(i, p) for i, p in runs_loop if isinstance(p, _Finish)]
-                self._start_new(conn, starts, results, started)
-                self._finish_running(conn, finishes, results)
-                done = self._store_checkpoints(conn, pendings, results)
-        except OracleError as e:  # storage unavailable: nothing of this batch was stored
-            for run_id in touched:
-                self.forget(run_id)
-            return [r if isinstance(r, OracleError) else e for r in results]
+                self._store_batch(session, batch, outcome)
         except Exception as e:
-            log.exception("write_batch_failed", size=len(batch))
-            for run_id in touched:
-                self.forget(run_id)
-            # The workers' writes go one at a time below; general writes report the failure.
-            results = [
-                r if isinstance(r, OracleError) else (e if isinstance(item, _Work) else None)
-                for r, item in zip(results, batch, strict=True)
-            ]
-            done = []
-            started = []
-        for _, state, point in done:
+            self._failed(batch, outcome, e)
+        return self._settle(batch, outcome)
+
+    def _store_batch(self, session: Session, batch: list[_Item], outcome: _Outcome) -> None:
+        """The batch's statements, in the caller's transaction."""
+        results = outcome.results
+        # General writes first: the rest run on Core statements that the ORM objects of these
+        # do not see.
+        for i, item in enumerate(batch):
+            if isinstance(item, _Work):
+                try:
+                    with storage_errors(), session.begin_nested():
+                        results[i] = item.work(session)
+                except Exception as e:  # this write's own failure: the rest goes on
+                    results[i] = e
+        conn = session.connection()
+        self._fill_cache(conn, outcome.touched)
+        starts = [(i, p) for i, p in outcome.runs_loop if isinstance(p, _Start)]
+        finishes = [(i, p) for i, p in outcome.runs_loop if isinstance(p, _Finish)]
+        self._start_new(conn, starts, results, outcome.started)
+        self._finish_running(conn, finishes, results)
+        outcome.done = self._store_checkpoints(conn, outcome.pendings, results)
+
+    def _failed(self, batch: list[_Item], outcome: _Outcome, error: Exception) -> None:
+        """The batch's transaction failed: nothing of it was stored."""
+        for run_id in outcome.touched:
+            self.forget(run_id)
+        results = outcome.results
+        outcome.done = []
+        outcome.started = []
+        if isinstance(error, OracleError):  # storage unavailable: every write reports it
+            outcome.results = [r if isinstance(r, OracleError) else error for r in results]
+            return
+        log.exception("write_batch_failed", size=len(batch))
+        # The workers' writes go one at a time in `_settle`; general writes report the failure.
+        outcome.results = [
+            r if isinstance(r, OracleError) else (error if isinstance(item, _Work) else None)
+            for r, item in zip(results, batch, strict=True)
+        ]
+
+    def _settle(self, batch: list[_Item], outcome: _Outcome) -> list[Any]:
+        """After the batch's commit: the cache learns what was stored, and what the batch left
+        unsettled goes one at a time, in its own transaction, through the ORM."""
+        results = outcome.results
+        for _, state, point in outcome.done:
             state.history.append(point)
             state.last_epoch = point[0]
-        for state, study_id in started:  # committed: its first checkpoint needs no read
+        for state, study_id in outcome.started:  # committed: its first checkpoint needs no read
             self._runs[state.run_id] = state
             self._study_pks[study_id] = state.study_pk
             self._study_ids[state.study_pk] = study_id
-        for i, item in runs_loop:
+        for i, item in outcome.runs_loop:
             if isinstance(item, _Finish):
                 self.forget(item.run_id)
             if results[i] is None:
@@ -227,7 +281,7 @@ class Recorder:
                     )
                 except Exception as e:
                     results[i] = e
-        for i, pending in pendings:
+        for i, pending in outcome.pendings:
             if results[i] is None:  # one at a time, from the database's truth
                 self.forget(pending.run_id)
                 try:
@@ -238,7 +292,7 @@ class Recorder:
                     results[i] = e
         answered = Counter(
             (r.action, r.policy)
-            for r in (results[i] for i, _ in pendings)
+            for r in (results[i] for i, _ in outcome.pendings)
             if isinstance(r, Decision)
         )
         if answered:  # once per batch: a labelled child costs a lock and a lookup
@@ -250,9 +304,10 @@ class Recorder:
     def _store_checkpoints(
         self, conn: Connection, pendings: list[tuple[int, _Pending]], results: list[Any]
     ) -> list[tuple[int, RunState, store.HistoryRow]]:
-        """Decide and store the batch's checkpoints: forecasts together, the runs advanced by
-        one compare-and-swap, the rows in one INSERT. Fills `results` with the answers and
-        errors; what stays None goes one at a time after the batch."""
+        """Decide and store the batch's checkpoints: forecasts together, then the runs advanced
+        by compare-and-swap and their rows inserted (`store.store_checkpoints`). Fills
+        `results` with the answers and errors; what stays None goes one at a time after the
+        batch."""
         done: list[tuple[int, RunState, store.HistoryRow]] = []
         situated: list[tuple[int, _Pending, RunState, store.HistoryRow, Metrics]] = []
         situations: list[Situation] = []
@@ -272,18 +327,14 @@ class Recorder:
         ):
             verdict = decide(chain_for(situation.policy.decider), situation)
             row = row_of_verdict(pending.body, observed, state.max_epochs, verdict)
-            row["run_pk"] = state.pk
             planned.append((i, state, point, row))
-        rows: list[dict[str, Any]] = []
-        moved = store.advance_runs(conn, [(state, pt[0]) for _, state, pt, _ in planned])
+        stored = store.store_checkpoints(conn, [(state, row) for _, state, _, row in planned])
         for i, state, point, row in planned:
-            if state.pk not in moved:
+            if state.pk not in stored:
                 self.forget(state.run_id)  # moved on elsewhere: reload, decide again
                 continue
-            rows.append(row)
             done.append((i, state, point))
             results[i] = decision_of_verdict(state.run_id, row)
-        store.insert_checkpoint_rows(conn, rows)
         return done
 
     # --- starting and finishing: Core for the common case, the ORM for the rest -----------

@@ -1,5 +1,6 @@
-"""The writer's batched statements (store.insert_new_runs, advance_runs, finish_runs) on each
-backend: what they store, and that each is a compare-and-swap that refuses stale views."""
+"""The writer's batched statements (store.insert_new_runs, advance_runs, store_checkpoints,
+finish_runs) on each backend: what they store, and that each is a compare-and-swap that refuses
+stale views."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Connection, create_engine, select
+from sqlalchemy.exc import DBAPIError
 
 from oracle.core import store
 from oracle.core.db import normalize_url
 from oracle.core.store import Metrics, RunSpec, RunState
-from oracle.core.tables import Run, Study, utcnow
+from oracle.core.tables import Checkpoint, Run, Study, utcnow
 
 
 @pytest.fixture
@@ -60,6 +62,73 @@ def test_advance_moves_only_runs_whose_view_is_current(conn: Connection) -> None
     assert (rows["b"].last_epoch, rows["b"].n_checkpoints) == (3, 1)
     assert (rows["c"].last_epoch, rows["c"].n_checkpoints) == (None, 0)
     assert store.advance_runs(conn, []) == set()
+
+
+def _row(epoch: int, action: str = "continue", **extra: object) -> dict[str, object]:
+    row: dict[str, object] = {name: None for name in store._CHECKPOINT_FIELDS}
+    return row | {
+        "epoch": epoch,
+        "progress": epoch / 10,
+        "mqe": 0.5,
+        "topographic_error": 0.25,
+        "dead_neuron_ratio": None,  # a diverged metric is stored as NULL
+        "received_at": utcnow(),
+        "action": action,
+        "policy": "median",
+        "reason": "a reason with 'quotes' and ünïcode",
+        **extra,
+    }
+
+
+def test_checkpoints_are_stored_only_for_runs_whose_view_is_current(conn: Connection) -> None:
+    study = store.study_pk_of(conn, "s")
+    states = store.insert_new_runs(conn, [(r, study, RunSpec("s", 10)) for r in "abc"])
+    a, b, c = states["a"], states["b"], states["c"]
+    forecast = {"predicted_score": 0.125, "score_low": 0.1, "threshold": 0.3, "model_version": "m1"}
+    assert store.store_checkpoints(conn, [(a, _row(0)), (b, _row(3, "stop", **forecast))]) == {
+        a.pk,
+        b.pk,
+    }
+    a.last_epoch = 0
+    stale = RunState(**{**vars(c), "last_epoch": 4, "history": []})  # c has no checkpoint yet
+    b_stale = RunState(**{**vars(b), "history": []})  # still thinks b is at None
+    moves = [(a, _row(2)), (stale, _row(5)), (b_stale, _row(4))]
+    assert store.store_checkpoints(conn, moves) == {a.pk}
+    assert store.store_checkpoints(conn, []) == set()
+    rows = _runs(conn)
+    assert (rows["a"].last_epoch, rows["a"].n_checkpoints) == (2, 2)
+    assert (rows["b"].last_epoch, rows["b"].n_checkpoints) == (3, 1)
+    assert (rows["c"].last_epoch, rows["c"].n_checkpoints) == (None, 0)
+    stored = {
+        (r.run_pk, r.epoch): r
+        for r in conn.execute(select(Checkpoint.__table__))  # type: ignore[misc]
+    }
+    assert set(stored) == {(a.pk, 0), (a.pk, 2), (b.pk, 3)}  # nothing of the refused ones
+    got = stored[(b.pk, 3)]
+    assert (got.action, got.policy, got.progress, got.mqe, got.dead_neuron_ratio) == (
+        "stop",
+        "median",
+        0.3,
+        0.5,
+        None,
+    )
+    assert got.reason == "a reason with 'quotes' and ünïcode"
+    assert (got.predicted_score, got.score_low, got.score_high, got.threshold) == (
+        0.125,
+        0.1,
+        None,
+        0.3,
+    )
+    assert got.model_version == "m1" and got.received_at is not None
+
+
+def test_a_checkpoint_value_the_column_refuses_fails_the_statement(conn: Connection) -> None:
+    if conn.dialect.name == "sqlite":
+        pytest.skip("SQLite does not check a VARCHAR's length")
+    study = store.study_pk_of(conn, "s")
+    run = store.insert_new_runs(conn, [("a", study, RunSpec("s", 10))])["a"]
+    with pytest.raises(DBAPIError):  # not cut to the column's length
+        store.store_checkpoints(conn, [(run, _row(0, action="continue-and-more"))])
 
 
 def test_finish_ends_running_runs_and_numbers_the_completed_ones(conn: Connection) -> None:

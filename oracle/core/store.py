@@ -27,6 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -666,11 +667,12 @@ def _guard_epoch(epoch: int | None) -> int:
     return -1 if epoch is None else epoch
 
 
-# --- one statement for many runs: UPDATE runs ... FROM (VALUES ...) RETURNING pk ---------------
-# SQLAlchemy does not cache statements with a VALUES list (they have no cache key), and
-# compiling one per batch cost more than running it; so each (kind, size) is compiled once,
-# here, and run as driver SQL. The parameters are ints, floats, short strings and one
-# timestamp, whose bind processing is applied here.
+# --- one statement for many runs: UPDATE runs ... FROM <the rows> RETURNING pk ----------------
+# The rows come as one array per column on Postgres (`unnest`): one short statement for every
+# batch size, cached by SQLAlchemy and prepared by Postgres once. SQLite has no arrays: there
+# they come as a VALUES list, which SQLAlchemy does not cache (it has no cache key) and which
+# cost more to compile per batch than to run; so each (kind, size) is compiled once, here, and
+# run as driver SQL, its parameters (ints, floats, short strings, one timestamp) bound here.
 
 
 def _value_type(col: Any) -> Any:
@@ -698,8 +700,12 @@ def _execute_values(
 ) -> set[int]:
     if not rows:
         return set()
+    if conn.dialect.name == "postgresql":
+        arrays = {f"a_{name}": [row[name] for row in rows] for name in _VALUE_COLUMNS[kind]}
+        shared_params = {f"b_{name}": value for name, value in shared.items()}
+        return {int(pk) for pk in conn.execute(_UNNESTED[kind], arrays | shared_params).scalars()}
     # Padded to a power of two with rows that match no run (no key is negative): a handful of
-    # statement shapes, compiled and prepared by Postgres once each, not one per batch size.
+    # statement shapes, compiled once each, not one per batch size.
     size = 1 << (len(rows) - 1).bit_length()
     padding = {name: None for name in _VALUE_COLUMNS[kind]} | {"pk": -1}
     sql, positions, defaults = _compiled_values(conn.dialect, kind, size)
@@ -738,6 +744,19 @@ def _values_statement(kind: str, n: int) -> Any:
         )
         .cte("v")  # WITH v(...) AS (VALUES ...): SQLite has no column list on a VALUES alias
     )
+    return _guarded_statement(kind, rows)
+
+
+def _unnested_statement(kind: str) -> Any:
+    names = _VALUE_COLUMNS[kind]
+    arrays = [sql_cast(bindparam(f"a_{name}"), ARRAY(t)) for name, t in names.items()]
+    columns = [column(f"v_{name}", type_) for name, type_ in names.items()]
+    rows = select(func.unnest(*arrays).table_valued(*columns).render_derived(name="u")).cte("v")
+    return _guarded_statement(kind, rows)
+
+
+def _guarded_statement(kind: str, rows: Any) -> Any:
+    """The compare-and-swap of `kind` over `rows` (a CTE with a `v_<name>` column per value)."""
     guarded = update(_runs).where(
         _runs.c.pk == rows.c.v_pk,
         _runs.c.status == "running",
@@ -769,3 +788,7 @@ def _values_statement(kind: str, n: int) -> Any:
             finished_at=bindparam("b_finished_at"),
         )
     return guarded.returning(_runs.c.pk)
+
+
+# Postgres's statements; only these have "checkpoint" (SQLite has no data-modifying CTE).
+_UNNESTED = {kind: _unnested_statement(kind) for kind in _VALUE_COLUMNS}

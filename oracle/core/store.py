@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import JSON
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -668,9 +669,11 @@ def _guard_epoch(epoch: int | None) -> int:
 
 
 # --- one statement for many runs: UPDATE runs ... FROM <the rows> RETURNING pk ----------------
-# The rows come as one array per column on Postgres (`unnest`): one short statement for every
-# batch size, cached by SQLAlchemy and prepared by Postgres once. SQLite has no arrays: there
-# they come as a VALUES list, which SQLAlchemy does not cache (it has no cache key) and which
+# On Postgres the rows come as one JSON parameter (`json_to_recordset`): one short statement
+# for every batch size, cached by SQLAlchemy and prepared by Postgres once, and a parameter
+# that the C encoder writes (psycopg dumps a list element by element in Python, and a long
+# VALUES list is more SQL than psycopg caches: both cost more than the statement). SQLite
+# takes the rows as a VALUES list, which SQLAlchemy does not cache (it has no cache key) and which
 # cost more to compile per batch than to run; so each (kind, size) is compiled once, here, and
 # run as driver SQL, its parameters (ints, floats, short strings, one timestamp) bound here.
 
@@ -701,9 +704,9 @@ def _execute_values(
     if not rows:
         return set()
     if conn.dialect.name == "postgresql":
-        arrays = {f"a_{name}": [row[name] for row in rows] for name in _VALUE_COLUMNS[kind]}
-        shared_params = {f"b_{name}": value for name, value in shared.items()}
-        return {int(pk) for pk in conn.execute(_UNNESTED[kind], arrays | shared_params).scalars()}
+        params = {f"b_{name}": value for name, value in shared.items()}
+        params["b_rows"] = json.dumps(rows, default=_json_value, allow_nan=False)
+        return {int(pk) for pk in conn.execute(_RECORDSETS[kind], params).scalars()}
     # Padded to a power of two with rows that match no run (no key is negative): a handful of
     # statement shapes, compiled once each, not one per batch size.
     size = 1 << (len(rows) - 1).bit_length()
@@ -747,12 +750,22 @@ def _values_statement(kind: str, n: int) -> Any:
     return _guarded_statement(kind, rows)
 
 
-def _unnested_statement(kind: str) -> Any:
+def _recordset_statement(kind: str) -> Any:
     names = _VALUE_COLUMNS[kind]
-    arrays = [sql_cast(bindparam(f"a_{name}"), ARRAY(t)) for name, t in names.items()]
-    columns = [column(f"v_{name}", type_) for name, type_ in names.items()]
-    rows = select(func.unnest(*arrays).table_valued(*columns).render_derived(name="u")).cte("v")
-    return _guarded_statement(kind, rows)
+    rows = (
+        func.json_to_recordset(sql_cast(bindparam("b_rows", type_=Text()), JSON))
+        .table_valued(*(column(name, type_) for name, type_ in names.items()))
+        .render_derived(name="u", with_types=True)
+    )
+    return _guarded_statement(
+        kind, select(*(rows.c[name].label(f"v_{name}") for name in names)).cte("v")
+    )
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not a row value")
 
 
 def _guarded_statement(kind: str, rows: Any) -> Any:
@@ -791,4 +804,4 @@ def _guarded_statement(kind: str, rows: Any) -> Any:
 
 
 # Postgres's statements; only these have "checkpoint" (SQLite has no data-modifying CTE).
-_UNNESTED = {kind: _unnested_statement(kind) for kind in _VALUE_COLUMNS}
+_RECORDSETS = {kind: _recordset_statement(kind) for kind in _VALUE_COLUMNS}

@@ -39,7 +39,8 @@ from oracle.core import store
 from oracle.core.db import Database
 from oracle.core.errors import InvalidInput, NotFound, OracleError
 from oracle.core.policy import Situation, chain_for, decide
-from oracle.core.reference import history_array
+from oracle.core.reference import Thresholds, history_array
+from oracle.core.scoring import StudyPolicy
 from oracle.core.store import FINISHED_STATUSES, Metrics, RunState
 from oracle.core.tables import utcnow
 from oracle.service import metrics
@@ -311,9 +312,10 @@ class Recorder:
         done: list[tuple[int, RunState, store.HistoryRow]] = []
         situated: list[tuple[int, _Pending, RunState, store.HistoryRow, Metrics]] = []
         situations: list[Situation] = []
+        studies: dict[int, tuple[StudyPolicy, Thresholds]] = {}  # read once per batch
         for i, pending in pendings:
             try:
-                state, point, observed, situation = self._situate(conn, pending)
+                state, point, observed, situation = self._situate(conn, pending, studies)
             except _SlowPath:
                 continue
             except OracleError as e:
@@ -415,7 +417,7 @@ class Recorder:
             self._runs.popitem(last=False)
 
     def _situate(
-        self, conn: Any, pending: _Pending
+        self, conn: Any, pending: _Pending, studies: dict[int, tuple[StudyPolicy, Thresholds]]
     ) -> tuple[RunState, store.HistoryRow, Metrics, Situation]:
         body = pending.body
         state = self._runs.get(pending.run_id)
@@ -431,13 +433,17 @@ class Recorder:
             raise _SlowPath
         observed = Metrics.of(body.mqe, body.topographic_error, body.dead_neuron_ratio)
         point = (body.epoch, observed.mqe, observed.topographic_error, observed.dead_neuron_ratio)
-        reference, policy = self.references.get(conn, state.study_pk)
+        study = studies.get(state.study_pk)
+        if study is None:
+            reference, policy = self.references.get(conn, state.study_pk)
+            study = studies[state.study_pk] = (policy, reference.thresholds(policy))
+        policy, thresholds = study
         situation = Situation(
             epoch=body.epoch,
             max_epochs=state.max_epochs,
             history=history_array([*state.history, point], state.max_epochs),
             policy=policy,
-            thresholds=reference.thresholds(policy),
+            thresholds=thresholds,
             predictor=self.models.current,
         )
         return state, point, observed, situation
@@ -448,6 +454,8 @@ class Recorder:
         (one network step for all the runs the model saw before); the others forecast lazily."""
         predictor = next((s.predictor for s in situations if s.predictor is not None), None)
         many = getattr(predictor, "predict_many", None)
+        if many is None:  # no model: the median rule and the others decide
+            return situations
         wanted = [
             k
             for k, s in enumerate(situations)
@@ -455,7 +463,7 @@ class Recorder:
             and s.policy.decider == "auto"  # the chain with the oracle policy
             and np.all(np.isfinite(s.history[:, 1:4]))
         ]
-        if many is None or len(wanted) < 2:
+        if len(wanted) < 2:
             return situations
         weights = [situations[k].policy.weights for k in wanted]
         forecasts = many(

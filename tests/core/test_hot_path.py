@@ -119,7 +119,9 @@ def test_checkpoints_are_stored_only_for_runs_whose_view_is_current(conn: Connec
         None,
         0.3,
     )
-    assert got.model_version == "m1" and got.received_at is not None
+    assert got.model_version == "m1"
+    sent = next(row["received_at"] for state, row in moves if state is a)
+    assert stored[(a.pk, 2)].received_at.replace(tzinfo=None) == sent.replace(tzinfo=None)
 
 
 def test_a_checkpoint_value_the_column_refuses_fails_the_statement(conn: Connection) -> None:

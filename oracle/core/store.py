@@ -18,13 +18,13 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    and_,
     bindparam,
     column,
     func,
     insert,
     select,
     update,
+    values,
 )
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
@@ -453,6 +453,7 @@ _HISTORIES = (
     .where(_checkpoints.c.run_pk.in_(bindparam("run_pks", expanding=True)))
     .order_by(_checkpoints.c.run_pk, _checkpoints.c.epoch)
 )
+_INSERT_CHECKPOINTS = _checkpoints.insert()
 _STUDY_PK = select(_studies.c.pk).where(_studies.c.study_id == bindparam("b_study_id"))
 _NEW_STUDY = {
     name: dialect.insert(_studies).on_conflict_do_nothing(index_elements=["study_id"])
@@ -587,6 +588,16 @@ def insert_new_runs(
     return {row.run_id: RunState.of(row) for row in rows}
 
 
+def advance_runs(conn: Connection, moves: Sequence[tuple[RunState, int]]) -> set[int]:
+    """Move each run's last epoch from what its state says to the new epoch, in one statement;
+    the keys of the runs that moved (the others moved on elsewhere, or ended)."""
+    rows = [
+        {"pk": state.pk, "from": _guard_epoch(state.last_epoch), "to": epoch}
+        for state, epoch in moves
+    ]
+    return _execute_values(conn, "advance", rows)
+
+
 def finish_runs(
     conn: Connection, ends: Sequence[tuple[RunState, str, Metrics]], finished_at: datetime
 ) -> set[int]:
@@ -620,18 +631,36 @@ def finish_runs(
     return ended
 
 
+def insert_checkpoint_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert checkpoint rows (each with its decision and run_pk) in one executemany."""
+    if rows:
+        conn.execute(_INSERT_CHECKPOINTS, rows)
+
+
 def store_checkpoints(
     conn: Connection, checkpoints: Sequence[tuple[RunState, dict[str, Any]]]
 ) -> set[int]:
     """Store each run's next checkpoint row (with its decision; `epoch` is the run's new last
     epoch): the run advances by compare-and-swap on its last epoch, and its row is inserted
-    only if it did. The keys of the runs stored (the others moved on elsewhere, or ended)."""
-    rows = [
-        {"pk": state.pk, "from": _guard_epoch(state.last_epoch)}
-        | {name: row[name] for name in _CHECKPOINT_FIELDS}
-        for state, row in checkpoints
-    ]
-    return _execute_values(conn, "checkpoint", rows)
+    only if it did. The keys of the runs stored (the others moved on elsewhere, or ended).
+
+    On Postgres this is one statement (the UPDATE as a data-modifying CTE feeding the INSERT);
+    SQLite has no such CTE, and takes the UPDATE and then the INSERT.
+    """
+    if not checkpoints:
+        return set()
+    if conn.dialect.name == "postgresql":
+        rows = [
+            {"pk": state.pk, "from": _guard_epoch(state.last_epoch)}
+            | {name: row[name] for name in _CHECKPOINT_FIELDS}
+            for state, row in checkpoints
+        ]
+        return _execute_values(conn, "checkpoint", rows)
+    moved = advance_runs(conn, [(state, row["epoch"]) for state, row in checkpoints])
+    insert_checkpoint_rows(
+        conn, [row | {"run_pk": state.pk} for state, row in checkpoints if state.pk in moved]
+    )
+    return moved
 
 
 def _guard_epoch(epoch: int | None) -> int:
@@ -639,22 +668,14 @@ def _guard_epoch(epoch: int | None) -> int:
     return -1 if epoch is None else epoch
 
 
-# --- many runs in one statement: a compare-and-swap on each run's last epoch ------------------
-# The rows come as one JSON parameter that the C encoder writes, read by the database
-# (`json_to_recordset` on Postgres, `json_each` on SQLite): one short statement for every batch
-# size, which SQLAlchemy caches and the database prepares once. (A VALUES list has no cache
-# key, and psycopg dumps a list parameter element by element in Python: both cost more than
-# the statement.)
-#
-# Postgres takes each kind in one statement: the guarded UPDATE ... RETURNING, and for
-# checkpoints that UPDATE as a data-modifying CTE feeding the INSERT. SQLite has no such CTE,
-# and each row of a RETURNING is one more step of the statement; the sqlite3 module lets go
-# of the GIL at every step, and a thread that lets go of it while the event loop is busy waits
-# up to the switch interval (5 ms) to get it back. So on SQLite a kind is a fixed handful of
-# steps whatever the number of rows: one SELECT of the keys whose guard holds (one row, a JSON
-# array), then the writes without RETURNING. The writer holds SQLite's write lock from BEGIN
-# IMMEDIATE, so the guard cannot change in between (without the lock, SQLite would refuse
-# the write with SQLITE_BUSY_SNAPSHOT rather than store a stale view).
+# --- one statement for many runs: UPDATE runs ... FROM <the rows> RETURNING pk ----------------
+# On Postgres the rows come as one JSON parameter (`json_to_recordset`): one short statement
+# for every batch size, cached by SQLAlchemy and prepared by Postgres once, and a parameter
+# that the C encoder writes (psycopg dumps a list element by element in Python, and a long
+# VALUES list is more SQL than psycopg caches: both cost more than the statement). SQLite
+# takes the rows as a VALUES list, which SQLAlchemy does not cache (it has no cache key) and which
+# cost more to compile per batch than to run; so each (kind, size) is compiled once, here, and
+# run as driver SQL, its parameters (ints, floats, short strings, one timestamp) bound here.
 
 
 def _value_type(col: Any) -> Any:
@@ -668,6 +689,7 @@ _GUARD_COLUMNS = {"pk": Integer, "from": Integer}
 # A checkpoint row's columns but its run's key (the guard's "pk"); "epoch" is the new last epoch.
 _CHECKPOINT_FIELDS = tuple(c.name for c in _checkpoints.columns if c.name != "run_pk")
 _VALUE_COLUMNS: dict[str, dict[str, Any]] = {
+    "advance": {**_GUARD_COLUMNS, "to": Integer},
     "finish": {**_GUARD_COLUMNS, "status": String, "mqe": Float, "te": Float, "dead": Float},
     "checkpoint": {
         **_GUARD_COLUMNS,
@@ -681,108 +703,105 @@ def _execute_values(
 ) -> set[int]:
     if not rows:
         return set()
-    dialect = conn.dialect
-    params = {f"b_{name}": value for name, value in shared.items()}
-    params["b_rows"] = json.dumps(
-        rows, default=functools.partial(_json_value, dialect), allow_nan=False
+    if conn.dialect.name == "postgresql":
+        params = {f"b_{name}": value for name, value in shared.items()}
+        params["b_rows"] = json.dumps(rows, default=_json_value, allow_nan=False)
+        return {int(pk) for pk in conn.execute(_RECORDSETS[kind], params).scalars()}
+    # Padded to a power of two with rows that match no run (no key is negative): a handful of
+    # statement shapes, compiled once each, not one per batch size.
+    size = 1 << (len(rows) - 1).bit_length()
+    padding = {name: None for name in _VALUE_COLUMNS[kind]} | {"pk": -1}
+    sql, positions, defaults = _compiled_values(conn.dialect, kind, size)
+    params = dict(defaults)
+    for n, row in enumerate(rows + [padding] * (size - len(rows))):
+        for name, value in row.items():
+            params[f"r{n}_{name}"] = value
+    if "finished_at" in shared:
+        process = _runs.c.finished_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+        value = shared["finished_at"]
+        params["b_finished_at"] = process(value) if process is not None else value
+    args = tuple(params[name] for name in positions) if positions is not None else params
+    return {int(pk) for pk in conn.exec_driver_sql(sql, args).scalars()}
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled_values(
+    dialect: Dialect, kind: str, n: int
+) -> tuple[str, tuple[str, ...] | None, dict[str, Any]]:
+    compiled = _values_statement(kind, n).compile(dialect=dialect)
+    positional = compiled.positional and compiled.positiontup is not None
+    positions = tuple(compiled.positiontup or ()) if positional else None
+    return compiled.string, positions, dict(compiled.params)
+
+
+def _values_statement(kind: str, n: int) -> Any:
+    names = _VALUE_COLUMNS[kind]
+    rows = (
+        values(*(column(f"v_{name}", type_) for name, type_ in names.items()), name="v")
+        .data(
+            [
+                # typed: Postgres cannot guess the type of a column whose values are NULL
+                tuple(sql_cast(bindparam(f"r{i}_{name}"), type_) for name, type_ in names.items())
+                for i in range(n)
+            ]
+        )
+        .cte("v")  # WITH v(...) AS (VALUES ...): SQLite has no column list on a VALUES alias
     )
-    if dialect.name == "postgresql":
-        return {int(pk) for pk in conn.execute(_POSTGRES[kind], params).scalars()}
-    guard, *writes = _SQLITE[kind]
-    current = {int(pk) for pk in json.loads(conn.execute(guard, params).scalar_one() or "[]")}
-    if current:
-        for write in writes:
-            conn.execute(write, params)
-    return current
+    return _guarded_statement(kind, rows)
 
 
-def _json_value(dialect: Dialect, value: Any) -> Any:
-    if isinstance(value, datetime):  # as the column's type stores it on this database
-        process = _timestamp_processor(dialect)
-        return process(value) if process is not None else value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not a row value")
-
-
-@functools.cache
-def _timestamp_processor(dialect: Dialect) -> Any:
-    return _checkpoints.c.received_at.type.dialect_impl(dialect).bind_processor(dialect)
-
-
-def _postgres_rows(kind: str) -> Any:
+def _recordset_statement(kind: str) -> Any:
     names = _VALUE_COLUMNS[kind]
     rows = (
         func.json_to_recordset(sql_cast(bindparam("b_rows", type_=Text()), JSON))
         .table_valued(*(column(name, type_) for name, type_ in names.items()))
         .render_derived(name="u", with_types=True)
     )
-    return select(*(rows.c[name].label(f"v_{name}") for name in names)).cte("v")
-
-
-def _sqlite_rows(kind: str) -> Any:
-    each = func.json_each(bindparam("b_rows", type_=Text())).table_valued("value")
-    return (
-        select(
-            *(
-                func.json_extract(each.c.value, f"$.{name}").label(f"v_{name}")
-                for name in _VALUE_COLUMNS[kind]
-            )
-        )
-        .cte("v")
-        # Parsed once, then each run found by its key: inlined, the planner walked the
-        # running runs and parsed the whole document for each.
-        .prefix_with("MATERIALIZED")
+    return _guarded_statement(
+        kind, select(*(rows.c[name].label(f"v_{name}") for name in names)).cte("v")
     )
 
 
-def _guard(rows: Any) -> Any:
-    return and_(
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not a row value")
+
+
+def _guarded_statement(kind: str, rows: Any) -> Any:
+    """The compare-and-swap of `kind` over `rows` (a CTE with a `v_<name>` column per value)."""
+    guarded = update(_runs).where(
         _runs.c.pk == rows.c.v_pk,
         _runs.c.status == "running",
         func.coalesce(_runs.c.last_epoch, -1) == rows.c.v_from,
     )
+    if kind == "checkpoint":  # Postgres: the guarded UPDATE feeds the INSERT
+        moved = (
+            guarded.values(last_epoch=rows.c.v_epoch, n_checkpoints=_runs.c.n_checkpoints + 1)
+            .returning(_runs.c.pk)
+            .cte("moved")
+        )
+        stored = select(rows.c.v_pk, *(rows.c[f"v_{name}"] for name in _CHECKPOINT_FIELDS))
+        return (
+            insert(_checkpoints)
+            .from_select(
+                ["run_pk", *_CHECKPOINT_FIELDS],
+                stored.join_from(rows, moved, moved.c.pk == rows.c.v_pk),
+            )
+            .returning(_checkpoints.c.run_pk)
+        )
+    if kind == "advance":
+        guarded = guarded.values(last_epoch=rows.c.v_to, n_checkpoints=_runs.c.n_checkpoints + 1)
+    else:
+        guarded = guarded.values(
+            status=rows.c.v_status,
+            final_mqe=rows.c.v_mqe,
+            final_topographic_error=rows.c.v_te,
+            final_dead_neuron_ratio=rows.c.v_dead,
+            finished_at=bindparam("b_finished_at"),
+        )
+    return guarded.returning(_runs.c.pk)
 
 
-def _guarded_update(kind: str, rows: Any) -> Any:
-    """The compare-and-swap of `kind` over `rows` (a CTE with a `v_<name>` column per value)."""
-    guarded = update(_runs).where(_guard(rows))
-    if kind == "checkpoint":
-        return guarded.values(last_epoch=rows.c.v_epoch, n_checkpoints=_runs.c.n_checkpoints + 1)
-    return guarded.values(
-        status=rows.c.v_status,
-        final_mqe=rows.c.v_mqe,
-        final_topographic_error=rows.c.v_te,
-        final_dead_neuron_ratio=rows.c.v_dead,
-        finished_at=bindparam("b_finished_at"),
-    )
-
-
-def _insert_checkpoints(rows: Any, runs: Any, on: Any) -> Any:
-    """INSERT the checkpoint rows of `rows` that join `runs` on `on`."""
-    values = select(rows.c.v_pk, *(rows.c[f"v_{name}"] for name in _CHECKPOINT_FIELDS))
-    return insert(_checkpoints).from_select(
-        ["run_pk", *_CHECKPOINT_FIELDS], values.join_from(rows, runs, on)
-    )
-
-
-def _postgres_statement(kind: str) -> Any:
-    rows = _postgres_rows(kind)
-    update_ = _guarded_update(kind, rows).returning(_runs.c.pk)
-    if kind != "checkpoint":
-        return update_
-    moved = update_.cte("moved")  # the guarded UPDATE feeds the INSERT
-    return _insert_checkpoints(rows, moved, moved.c.pk == rows.c.v_pk).returning(
-        _checkpoints.c.run_pk
-    )
-
-
-def _sqlite_statements(kind: str) -> tuple[Any, ...]:
-    rows = _sqlite_rows(kind)
-    guard = select(func.json_group_array(_runs.c.pk)).select_from(rows).join(_runs, _guard(rows))
-    if kind != "checkpoint":
-        return guard, _guarded_update(kind, rows)
-    # The rows first, while the guard still holds; then the runs advance.
-    return guard, _insert_checkpoints(rows, _runs, _guard(rows)), _guarded_update(kind, rows)
-
-
-_POSTGRES = {kind: _postgres_statement(kind) for kind in _VALUE_COLUMNS}
-_SQLITE = {kind: _sqlite_statements(kind) for kind in _VALUE_COLUMNS}
+# Postgres's statements; only these have "checkpoint" (SQLite has no data-modifying CTE).
+_RECORDSETS = {kind: _recordset_statement(kind) for kind in _VALUE_COLUMNS}

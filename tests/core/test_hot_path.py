@@ -1,5 +1,5 @@
-"""The writer's batched statements (store.insert_new_runs, store_checkpoints, finish_runs) on
-each backend: what they store, and that each is a compare-and-swap that refuses
+"""The writer's batched statements (store.insert_new_runs, advance_runs, store_checkpoints,
+finish_runs) on each backend: what they store, and that each is a compare-and-swap that refuses
 stale views."""
 
 from __future__ import annotations
@@ -46,6 +46,22 @@ def test_new_runs_are_inserted_once_and_taken_ids_left_out(conn: Connection) -> 
     )
     assert set(again) == {"c"}  # "a" exists: left for create_run to compare
     assert _runs(conn)["a"].max_epochs == 10
+
+
+def test_advance_moves_only_runs_whose_view_is_current(conn: Connection) -> None:
+    study = store.study_pk_of(conn, "s")
+    states = store.insert_new_runs(conn, [(r, study, RunSpec("s", 10)) for r in ("a", "b", "c")])
+    a, b, c = states["a"], states["b"], states["c"]
+    assert store.advance_runs(conn, [(a, 0), (b, 3)]) == {a.pk, b.pk}
+    stale = RunState(**{**vars(c), "last_epoch": 4, "history": []})  # c has no checkpoint yet
+    a.last_epoch = 0
+    b_stale = RunState(**{**vars(b), "history": []})  # still thinks b is at None
+    assert store.advance_runs(conn, [(a, 2), (stale, 5), (b_stale, 4)]) == {a.pk}
+    rows = _runs(conn)
+    assert (rows["a"].last_epoch, rows["a"].n_checkpoints) == (2, 2)
+    assert (rows["b"].last_epoch, rows["b"].n_checkpoints) == (3, 1)
+    assert (rows["c"].last_epoch, rows["c"].n_checkpoints) == (None, 0)
+    assert store.advance_runs(conn, []) == set()
 
 
 def _row(epoch: int, action: str = "continue", **extra: object) -> dict[str, object]:
@@ -121,7 +137,7 @@ def test_finish_ends_running_runs_and_numbers_the_completed_ones(conn: Connectio
     study = store.study_pk_of(conn, "s")
     states = store.insert_new_runs(conn, [(r, study, RunSpec("s", 2)) for r in "abcd"])
     moves = [(states[r], e) for r, e in zip("abcd", (2, 2, 1, 2), strict=True)]
-    assert len(store.store_checkpoints(conn, [(state, _row(e)) for state, e in moves])) == 4
+    assert len(store.advance_runs(conn, moves)) == 4
     for state, epoch in moves:
         state.last_epoch = epoch
     stale = RunState(**{**vars(states["d"]), "last_epoch": 1, "history": []})
@@ -158,11 +174,3 @@ def test_a_large_batch_of_checkpoints_is_stored_whole(conn: Connection) -> None:
     assert store.store_checkpoints(conn, batch) == {state.pk for state in states.values()}
     stored = {r.run_pk: r.mqe for r in conn.execute(select(Checkpoint.__table__))}
     assert stored == {state.pk: n / 7 for n, state in enumerate(states.values())}
-
-
-def test_a_non_finite_value_is_refused_not_stored(conn: Connection) -> None:
-    study = store.study_pk_of(conn, "s")
-    run = store.insert_new_runs(conn, [("a", study, RunSpec("s", 10))])["a"]
-    with pytest.raises(ValueError):  # the callers store a diverged metric as None
-        store.store_checkpoints(conn, [(run, _row(0, mqe=float("nan")))])
-    assert conn.execute(select(Checkpoint.__table__)).first() is None

@@ -133,7 +133,8 @@ class Recorder:
     # --- any write -----------------------------------------------------------------------
 
     async def write(self, work: Callable[[Session], T]) -> T:
-        """Run `work(session)` on the writer thread, committed with the batch it joins."""
+        """Run `work(session)`, committed with the batch it joins. It runs on the event loop
+        (as the batch's statements do): database work only, nothing that blocks otherwise."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._enqueue(_Work(work, future))
         return await future

@@ -36,7 +36,7 @@ class AppState:
     recorder: Recorder
 
     async def write(self, work: Callable[[Session], T]) -> T:
-        """`work(session)` in one write transaction, on the process's single writer thread."""
+        """`work(session)` in one write transaction, in a batch of the process's single writer."""
         return await self.recorder.write(work)
 
     def reading(self) -> AbstractContextManager[Session]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -55,7 +56,7 @@ from oracle.service.state import storage_errors
 log = structlog.get_logger()
 T = TypeVar("T")
 
-MAX_BATCH = 256
+MAX_BATCH = store.MAX_BATCH_ROWS
 CACHED_RUNS = 20_000
 
 
@@ -125,10 +126,18 @@ class Recorder:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oracle-writer")
         self._queue: deque[_Item] = deque()
         self._draining: asyncio.Task[None] | None = None
-        # Touched by one batch at a time (on the writer thread, or the loop for Postgres).
+        # Touched by one batch at a time.
         self._runs: OrderedDict[str, RunState] = OrderedDict()
         self._study_pks: dict[str, int] = {}  # studies are never deleted
         self._study_ids: dict[int, str] = {}
+        # In the background: start-up need not wait, and a batch that needs a shape first
+        # compiles it itself (the cache is shared).
+        threading.Thread(
+            target=store.compile_batch_statements,
+            args=(db.write_engine.dialect,),
+            name="oracle-compile",
+            daemon=True,
+        ).start()
 
     # --- any write -----------------------------------------------------------------------
 

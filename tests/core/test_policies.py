@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from oracle.core.policy import (
     GuardPolicy,
@@ -142,3 +144,22 @@ def test_policy_warmup_carries_the_forecast_when_a_model_is_loaded() -> None:
     assert (verdict.action, verdict.policy) == ("continue", "warmup")
     assert verdict.prediction is not None and verdict.prediction.score == 2.5
     assert decide(chain_for("auto"), situation([(0.05, 1.0)])).prediction is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    quantiles=st.dictionaries(
+        st.floats(0.0, 1.0, allow_nan=False),
+        st.floats(-1e6, 1e6, allow_nan=False),
+        min_size=1,
+        max_size=9,
+    ),
+    level=st.floats(-0.5, 1.5, allow_nan=False),
+)
+def test_a_prediction_interpolates_its_quantiles_as_numpy_does(
+    quantiles: dict[float, float], level: float
+) -> None:
+    prediction = Prediction((1.0, 0.1, 0.0), 1.0, quantiles, "v1")
+    levels = sorted(quantiles)
+    expected = float(np.interp(level, levels, [quantiles[q] for q in levels]))
+    assert prediction.quantile(level) == pytest.approx(expected, rel=1e-9, abs=1e-6)

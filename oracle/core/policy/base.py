@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,9 +31,15 @@ class Prediction:
         return self.quantile(lo), self.quantile(hi)
 
     def quantile(self, level: float) -> float:
-        levels = np.array(sorted(self.score_quantiles))
-        values = np.array([self.score_quantiles[q] for q in levels])
-        return float(np.interp(level, levels, values))
+        """The score at `level`: linear between the model's levels, clamped beyond them (as
+        `np.interp`, without building arrays: a decision asks for five of these)."""
+        points = sorted(self.score_quantiles.items())
+        if level <= points[0][0]:
+            return float(points[0][1])
+        for (q0, v0), (q1, v1) in itertools.pairwise(points):
+            if level <= q1:
+                return float(v0 + (v1 - v0) * (level - q0) / (q1 - q0))
+        return float(points[-1][1])
 
 
 class Predictor(Protocol):

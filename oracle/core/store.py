@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from collections.abc import Sequence
@@ -673,9 +672,10 @@ def _guard_epoch(epoch: int | None) -> int:
 # for every batch size, cached by SQLAlchemy and prepared by Postgres once, and a parameter
 # that the C encoder writes (psycopg dumps a list element by element in Python, and a long
 # VALUES list is more SQL than psycopg caches: both cost more than the statement). SQLite
-# takes the rows as a VALUES list, which SQLAlchemy does not cache (it has no cache key) and which
-# cost more to compile per batch than to run; so each (kind, size) is compiled once, here, and
-# run as driver SQL, its parameters (ints, floats, short strings, one timestamp) bound here.
+# takes the rows as a VALUES list, which SQLAlchemy does not cache (it has no cache key) and
+# which cost more to compile per batch than to run; so each (kind, size) is compiled once,
+# here, and run as driver SQL, its parameters (ints, floats, short strings, one timestamp)
+# bound here.
 
 
 def _value_type(col: Any) -> Any:
@@ -740,10 +740,22 @@ def compile_batch_statements(dialect: Dialect) -> None:
             _compiled_values(dialect, kind, 1 << bits)
 
 
-@functools.lru_cache(maxsize=1024)
-def _compiled_values(
-    dialect: Dialect, kind: str, n: int
-) -> tuple[str, tuple[str, ...] | None, dict[str, Any]]:
+_Compiled = tuple[str, tuple[str, ...] | None, dict[str, Any]]
+# Keyed by the SQL a dialect writes, not by the dialect object: every engine of a process (and
+# of a test run, which opens many) shares one compilation of each shape. Bounded: the kinds
+# times the powers of two up to MAX_BATCH_ROWS.
+_COMPILED_VALUES: dict[tuple[str, str, str, int], _Compiled] = {}
+
+
+def _compiled_values(dialect: Dialect, kind: str, n: int) -> _Compiled:
+    key = (dialect.name, dialect.paramstyle, kind, n)
+    compiled = _COMPILED_VALUES.get(key)
+    if compiled is None:  # two threads may both compile it: the same result, stored twice
+        compiled = _COMPILED_VALUES[key] = _compile_values(dialect, kind, n)
+    return compiled
+
+
+def _compile_values(dialect: Dialect, kind: str, n: int) -> _Compiled:
     compiled = _values_statement(kind, n).compile(dialect=dialect)
     positional = compiled.positional and compiled.positiontup is not None
     positions = tuple(compiled.positiontup or ()) if positional else None

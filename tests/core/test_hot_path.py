@@ -133,6 +133,20 @@ def test_a_checkpoint_value_the_column_refuses_fails_the_statement(conn: Connect
         store.store_checkpoints(conn, [(run, _row(0, action="continue-and-more"))])
 
 
+def test_a_non_finite_number_is_never_stored_as_one(conn: Connection) -> None:
+    # The service stores a diverged metric as None before it gets here; this is the floor.
+    study = store.study_pk_of(conn, "s")
+    run = store.insert_new_runs(conn, [("a", study, RunSpec("s", 10))])["a"]
+    if conn.dialect.name == "postgresql":  # the JSON rows refuse it: nothing is written
+        with pytest.raises(ValueError):
+            store.store_checkpoints(conn, [(run, _row(0, mqe=float("nan")))])
+        assert conn.execute(select(Checkpoint.__table__)).first() is None
+        assert _runs(conn)["a"].last_epoch is None
+    else:  # SQLite stores a NaN REAL as NULL
+        assert store.store_checkpoints(conn, [(run, _row(0, mqe=float("nan")))]) == {run.pk}
+        assert conn.execute(select(Checkpoint.__table__.c.mqe)).scalar_one() is None
+
+
 def test_finish_ends_running_runs_and_numbers_the_completed_ones(conn: Connection) -> None:
     study = store.study_pk_of(conn, "s")
     states = store.insert_new_runs(conn, [(r, study, RunSpec("s", 2)) for r in "abcd"])

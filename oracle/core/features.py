@@ -6,6 +6,8 @@ the current values), so data sets whose MQE differs by 10x train one model. NumP
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 # Bump on any change to what `encode_history` or the target encoding computes: a bundle trained
@@ -81,6 +83,34 @@ def encode_history(history: np.ndarray) -> np.ndarray:
     out[:, 4] = metrics[:, 2]
     out[:, 5] = finite.astype(np.float64)
     return out
+
+
+def encode_last(histories: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """`encode_history(h)[-1]` (B, N_FEATURES) and `current_metrics(h)` (B, 3) of B histories.
+
+    The serving hot path: a run whose state the model carries needs only its last row's input.
+    When a history's first and last rows are finite, that row depends on those two rows alone,
+    so the batch is computed in one vectorized pass; the others take the general path.
+    """
+    firsts = np.array([h[0] for h in histories], dtype=np.float64).reshape(-1, 4)
+    lasts = np.array([h[-1] for h in histories], dtype=np.float64).reshape(-1, 4)
+    out = np.empty((lasts.shape[0], N_FEATURES), dtype=np.float64)
+    current = np.array(lasts[:, 1:4])
+    progress = lasts[:, 0]
+    if not np.isfinite(progress).all():
+        progress = np.nan_to_num(progress, nan=0.0, posinf=1.0, neginf=0.0)
+    mqe0 = np.maximum(firsts[:, 1], _MQE_FLOOR)
+    mqe = np.maximum(lasts[:, 1], _MQE_FLOOR)
+    out[:, 0] = progress
+    out[:, 1] = np.log10(np.maximum(progress, _PROGRESS_FLOOR)) / 3.0
+    out[:, 2] = np.clip(np.log(mqe / mqe0), -LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
+    out[:, 3:5] = current[:, 1:3]
+    out[:, 5] = 1.0
+    simple = np.isfinite(firsts[:, 1:4]).all(axis=1) & np.isfinite(current).all(axis=1)
+    for k in np.flatnonzero(~simple):  # a non-finite first or last row: forward fills matter
+        out[k] = encode_history(histories[k])[-1]
+        current[k] = current_metrics(histories[k])
+    return out, current
 
 
 def encode_targets(history: np.ndarray, final: np.ndarray) -> np.ndarray:

@@ -13,7 +13,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from oracle.core.bundle import Bundle
-from oracle.core.features import N_TARGETS, current_metrics, decode_targets, encode_history
+from oracle.core.features import (
+    N_TARGETS,
+    current_metrics,
+    decode_targets,
+    encode_history,
+    encode_last,
+)
 from oracle.core.network import Network, State
 from oracle.core.policy.base import Prediction
 
@@ -116,7 +122,7 @@ class BundlePredictor:
                         if states is not None:
                             hits.append((k, states))
         if len(hits) > 1:
-            x = np.stack([encode_history(histories[k])[-1] for k, _ in hits])
+            x, _ = encode_last([histories[k] for k, _ in hits])
             y, stepped = self.network.step_many(x, [states for _, states in hits])
             with self._lock:
                 for (k, _), row, states in zip(hits, y, stepped, strict=True):
@@ -141,7 +147,7 @@ class BundlePredictor:
         if w.shape != (len(histories), N_TARGETS):
             raise ValueError(f"expected {N_TARGETS} weights per run, got shape {w.shape}")
         encoded = raws.reshape(len(histories), N_TARGETS, self.levels.size).transpose(1, 0, 2)
-        current = np.stack([current_metrics(h) for h in histories]).T[:, :, None]  # (3, B, 1)
+        current = encode_last(histories)[1].T[:, :, None]  # (3, B, 1)
         finals = np.sort(decode_targets(encoded, current), axis=2).transpose(1, 0, 2)
         scores = self.score_quantiles(finals, w)
         levels = self.levels.tolist()

@@ -14,6 +14,7 @@ from oracle.core.features import (
     current_metrics,
     decode_targets,
     encode_history,
+    encode_last,
     encode_targets,
 )
 
@@ -47,6 +48,16 @@ def test_features_are_causal(history: np.ndarray) -> None:
     full = encode_history(history)
     for k in range(1, len(history) + 1):
         np.testing.assert_array_equal(encode_history(history[:k]), full[:k])
+
+
+@given(st.lists(histories(allow_nan=True), min_size=1, max_size=8))
+@settings(max_examples=200)
+def test_a_batch_of_last_rows_equals_each_history_encoded(batch: list[np.ndarray]) -> None:
+    """The serving hot path (`encode_last`) answers what the general path does, NaNs too."""
+    rows, current = encode_last(batch)
+    for history, row, now in zip(batch, rows, current, strict=True):
+        np.testing.assert_allclose(row, encode_history(history)[-1], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(now, current_metrics(history), rtol=1e-12, atol=1e-12)
 
 
 @given(histories(), st.floats(1e-2, 1e2))

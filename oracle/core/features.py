@@ -107,7 +107,8 @@ def encode_last(histories: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray
     out[:, 3:5] = current[:, 1:3]
     out[:, 5] = 1.0
     simple = np.isfinite(firsts[:, 1:4]).all(axis=1) & np.isfinite(current).all(axis=1)
-    for k in np.flatnonzero(~simple):  # a non-finite first or last row: forward fills matter
+    # A non-finite first or last row: the forward fill decides what the model sees.
+    for k in np.flatnonzero(~simple).tolist():
         out[k] = encode_history(histories[k])[-1]
         current[k] = current_metrics(histories[k])
     return out, current

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 
 from oracle.service.api.runs import RunId
 from oracle.service.auth import Principal, Role, require
+from oracle.service.bodies import JSONRoute
 from oracle.service.main import create_app
 from oracle.service.schemas import (
     CheckpointIn,
@@ -64,28 +65,19 @@ async def bare_finish(
     return BARE_RUN
 
 
+# Declared like the real routes (oracle/service/api/runs.py): an included router of the same
+# route class, so the bare twins parse the body with the same strict JSON decoder (415 for
+# another content type, 422 for a key given twice) and are routed the same way.
+router = APIRouter(prefix="/bench/bare", route_class=JSONRoute, include_in_schema=False)
+router.add_api_route(
+    "/{run_id}/checkpoints", bare_checkpoint, methods=["POST"], response_model=Decision
+)
+router.add_api_route("/{run_id}", bare_put_run, methods=["PUT"], response_model=RunPublic)
+router.add_api_route("/{run_id}/finish", bare_finish, methods=["POST"], response_model=RunPublic)
+
+
 def create(settings: Settings | None = None) -> FastAPI:
     """`create_app(settings)` with the bare routes under /bench/bare/."""
     app = create_app(settings)
-    app.add_api_route(
-        "/bench/bare/{run_id}/checkpoints",
-        bare_checkpoint,
-        methods=["POST"],
-        response_model=Decision,
-        include_in_schema=False,
-    )
-    app.add_api_route(
-        "/bench/bare/{run_id}",
-        bare_put_run,
-        methods=["PUT"],
-        response_model=RunPublic,
-        include_in_schema=False,
-    )
-    app.add_api_route(
-        "/bench/bare/{run_id}/finish",
-        bare_finish,
-        methods=["POST"],
-        response_model=RunPublic,
-        include_in_schema=False,
-    )
+    app.include_router(router)
     return app

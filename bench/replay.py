@@ -639,6 +639,31 @@ def warm_up(port: int) -> None:
         run_phase(port, scripts_for([warm], port, bare=bare), 1, 1)
 
 
+@contextlib.contextmanager
+def profiled(server: Server, directory: Path | None, name: str) -> Iterator[None]:
+    """With --profile: py-spy samples the server's threads that hold the GIL during one phase,
+    written as collapsed stacks (DIR/NAME.txt; flamegraph.pl or speedscope read them)."""
+    if directory is None:
+        yield
+        return
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if spy is None:
+        raise SystemExit("--profile needs py-spy: pip install py-spy")
+    directory.mkdir(parents=True, exist_ok=True)
+    target = ["--pid", str(server.proc.pid), "--output", str(directory / f"{name}.txt")]
+    recorder = subprocess.Popen(
+        [spy, "record", "--gil", "--rate", "500", "--format", "raw", "--nonblocking", *target],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.3)  # attached before the phase starts
+        yield
+    finally:
+        recorder.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        recorder.wait(timeout=30)
+
+
 def trial(
     backend: str,
     workers: int,
@@ -657,20 +682,22 @@ def trial(
             load = os.getloadavg()[0]
             fsync = fsync_ms(tmp)
             cpu0 = server.cpu_s()
-            real = run_phase(
-                port, scripts_for(runs, port, bare=False, pace=args.pace), workers, args.clients
-            )
+            with profiled(server, args.profile, f"{backend}-{workers}-{repeat}-real"):
+                real = run_phase(
+                    port, scripts_for(runs, port, bare=False, pace=args.pace), workers, args.clients
+                )
             real.server_cpu_s = server.cpu_s() - cpu0
             limits = {rid: o.n_checkpoints for rid, o in real.outcomes.items()}
             limits.update({r.run_id: 0 for r in runs if r.run_id not in limits})
             cpu0 = server.cpu_s()
-            bare = run_phase(
-                port,
-                scripts_for(runs, port, bare=True, pace=args.pace),
-                workers,
-                args.clients,
-                limits,
-            )
+            with profiled(server, args.profile, f"{backend}-{workers}-{repeat}-bare"):
+                bare = run_phase(
+                    port,
+                    scripts_for(runs, port, bare=True, pace=args.pace),
+                    workers,
+                    args.clients,
+                    limits,
+                )
             bare.server_cpu_s = server.cpu_s() - cpu0
             rss, hwm = server.rss_mb()
         finally:
@@ -809,6 +836,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=("median", "oracle"),
         default="median",
         help="who decides past warm-up: the median rule, or the shipped model (oracle)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="sample the server with py-spy during each phase, into DIR/<backend>-<workers>-"
+        "<repeat>-<real|bare>.txt (sampling slows the server: not for the figures)",
     )
     args = parser.parse_args(argv)
     if args.pace < 0:

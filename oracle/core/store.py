@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
+import numpy as np
 from sqlalchemy import (
     Connection,
     DateTime,
@@ -34,7 +35,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeDecorator
 
 from oracle.core.errors import Conflict, NotFound
-from oracle.core.reference import HistoryRow
+from oracle.core.reference import HistoryRow, history_array
 from oracle.core.scoring import StudyPolicy
 from oracle.core.tables import Checkpoint, Run, Study, utcnow
 
@@ -490,6 +491,34 @@ class RunState:
     dataset: str | None
     created_at: datetime
     history: list[HistoryRow] = field(default_factory=list)
+    # `history` as history_array rows, kept between checkpoints so that the next one costs one
+    # row, not the whole history; rebuilt whenever its length disagrees with `history`.
+    _array: np.ndarray | None = field(default=None, repr=False, compare=False)
+    _next: tuple[HistoryRow, np.ndarray] | None = field(default=None, repr=False, compare=False)
+
+    def history_with(self, point: HistoryRow) -> np.ndarray:
+        """The history with `point` after it, as a read-only history_array."""
+        n = len(self.history)
+        array = self._array
+        if array is None or array.shape[0] != n:
+            array = self._array = history_array(self.history, self.max_epochs)
+        out = np.empty((n + 1, 4), dtype=np.float64)
+        out[:n] = array
+        out[n] = history_array([point], self.max_epochs)[0]
+        out.flags.writeable = False  # shared by the decision and, once stored, by the next
+        self._next = (point, out)
+        return out
+
+    def append(self, point: HistoryRow) -> None:
+        """`point` was stored: it is the run's last checkpoint now."""
+        self.history.append(point)
+        self.last_epoch = point[0]
+        following, self._next = self._next, None
+        # The array that history_with made for this very point, if it was the last one asked.
+        if following is not None and following[0] is point:
+            self._array = following[1]
+        else:
+            self._array = None
 
     def last_metrics(self) -> Metrics:
         """The last checkpoint's metrics: a run's finals when its worker gives none."""

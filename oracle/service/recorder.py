@@ -41,7 +41,7 @@ from oracle.core import store
 from oracle.core.db import Database
 from oracle.core.errors import InvalidInput, NotFound, OracleError
 from oracle.core.policy import Situation, chain_for, decide
-from oracle.core.reference import Thresholds, history_array
+from oracle.core.reference import Thresholds
 from oracle.core.scoring import StudyPolicy
 from oracle.core.store import FINISHED_STATUSES, Metrics, RunState
 from oracle.core.tables import utcnow
@@ -284,8 +284,7 @@ class Recorder:
         unsettled goes one at a time, in its own transaction, through the ORM."""
         results = outcome.results
         for _, state, point in outcome.done:
-            state.history.append(point)
-            state.last_epoch = point[0]
+            state.append(point)
         for state, study_id in outcome.started:  # committed: its first checkpoint needs no read
             self._runs[state.run_id] = state
             self._study_pks[study_id] = state.study_pk
@@ -461,7 +460,7 @@ class Recorder:
         situation = Situation(
             epoch=body.epoch,
             max_epochs=state.max_epochs,
-            history=history_array([*state.history, point], state.max_epochs),
+            history=state.history_with(point),
             policy=policy,
             thresholds=thresholds,
             predictor=self.models.current,

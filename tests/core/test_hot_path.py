@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 from sqlalchemy import Connection, create_engine, select
 from sqlalchemy.exc import DBAPIError
 
 from oracle.core import store
 from oracle.core.db import normalize_url
+from oracle.core.reference import history_array
 from oracle.core.store import Metrics, RunSpec, RunState
 from oracle.core.tables import Checkpoint, Run, Study, utcnow
 
@@ -188,3 +190,29 @@ def test_a_large_batch_of_checkpoints_is_stored_whole(conn: Connection) -> None:
     assert store.store_checkpoints(conn, batch) == {state.pk for state in states.values()}
     stored = {r.run_pk: r.mqe for r in conn.execute(select(Checkpoint.__table__))}
     assert stored == {state.pk: n / 7 for n, state in enumerate(states.values())}
+
+
+def test_a_cached_run_extends_its_history_array_one_row_at_a_time() -> None:
+    """RunState.history_with/append (the writer's per-checkpoint history) always equals the
+    history_array of the whole history, whichever point is stored after which was asked."""
+    state = RunState(1, "r", 1, 40, "running", None, None, None, utcnow())
+    points: list[store.HistoryRow] = [
+        (1, 2.0, 0.5, 0.1),
+        (2, None, 0.4, 0.1),  # a diverged metric: NaN in the array
+        (4, 1.5, 0.3, None),
+        (8, 1.2, 0.2, 0.0),
+    ]
+    for point in points:
+        asked = state.history_with(point)
+        expected = history_array([*state.history, point], 40)
+        np.testing.assert_array_equal(asked, expected)
+        assert not asked.flags.writeable  # shared with the decision: nobody may edit it
+        state.append(point)
+        np.testing.assert_array_equal(state.history_with((40, 1.0, 0.1, 0.0))[:-1], expected)
+    # A point stored other than the one last asked about: the array is rebuilt, not reused.
+    state.history_with((9, 9.0, 0.9, 0.9))
+    state.append((10, 1.1, 0.2, 0.0))
+    np.testing.assert_array_equal(
+        state.history_with((12, 1.0, 0.1, 0.0))[:-1], history_array(state.history, 40)
+    )
+    assert state.last_epoch == 10

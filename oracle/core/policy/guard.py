@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import numpy as np
+import math
 
 from oracle.core.policy.base import Policy, Situation, Verdict
 
@@ -11,7 +11,8 @@ class GuardPolicy(Policy):
     name = "guard"
 
     def decide(self, situation: Situation) -> Verdict | None:
-        if not np.all(np.isfinite(situation.history[-1, 1:4])):
+        _, mqe, te, dead = situation.history[-1].tolist()
+        if not (math.isfinite(mqe) and math.isfinite(te) and math.isfinite(dead)):
             # The contract names this reason exactly: workers match on it.
             return Verdict("stop", self.name, "diverged")
         if situation.epoch >= situation.max_epochs:

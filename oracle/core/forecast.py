@@ -51,18 +51,17 @@ class BundlePredictor:
     def raw(self, history: np.ndarray) -> np.ndarray:
         """The network's output (n_outputs,) for the last row of `history`."""
         history = np.ascontiguousarray(history, dtype=np.float64)
-        x = encode_history(history)
         if not self.network.causal:
-            y, _ = self.network.run(x, self.network.start())
+            y, _ = self.network.run(encode_history(history), self.network.start())
             return np.asarray(y[-1])
         states = None
         if self.cache_runs and history.shape[0] > 1:
             with self._lock:
                 states = self._cache.get(history[:-1].tobytes())
-        if states is not None:
-            y, states = self.network.run(x[-1:], states)
+        if states is not None:  # one step: only the last row's input is needed
+            y, states = self.network.run(encode_last([history])[0], states)
         else:
-            y, states = self.network.run(x, self.network.start())
+            y, states = self.network.run(encode_history(history), self.network.start())
         if self.cache_runs:
             with self._lock:
                 self._cache[history.tobytes()] = states
@@ -121,7 +120,7 @@ class BundlePredictor:
                         states = self._cache.get(history[:-1].tobytes())
                         if states is not None:
                             hits.append((k, states))
-        if len(hits) > 1:
+        if hits:
             x, _ = encode_last([histories[k] for k, _ in hits])
             y, stepped = self.network.step_many(x, [states for _, states in hits])
             with self._lock:

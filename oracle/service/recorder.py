@@ -470,7 +470,8 @@ class Recorder:
     @staticmethod
     def _forecast(situations: list[Situation]) -> list[Situation]:
         """The model's forecasts for the batch's runs that the oracle decides, made together
-        (one network step for all the runs the model saw before); the others forecast lazily."""
+        (one network step for all the runs the model saw before, one run included); the
+        others (another decider, a non-finite history) forecast lazily, if a policy asks."""
         predictor = next((s.predictor for s in situations if s.predictor is not None), None)
         many = getattr(predictor, "predict_many", None)
         if many is None:  # no model: the median rule and the others decide
@@ -482,7 +483,7 @@ class Recorder:
             and s.policy.decider == "auto"  # the chain with the oracle policy
             and np.all(np.isfinite(s.history[:, 1:4]))
         ]
-        if len(wanted) < 2:
+        if not wanted:
             return situations
         weights = [situations[k].policy.weights for k in wanted]
         forecasts = many(

@@ -60,6 +60,14 @@ def test_a_batch_of_last_rows_equals_each_history_encoded(batch: list[np.ndarray
         np.testing.assert_allclose(now, current_metrics(history), rtol=1e-12, atol=1e-12)
 
 
+@given(histories(allow_nan=True))
+def test_one_last_row_equals_the_history_encoded(history: np.ndarray) -> None:
+    """A batch of one takes plain floats instead of NumPy: the same answer all the same."""
+    rows, current = encode_last([history])
+    np.testing.assert_allclose(rows[0], encode_history(history)[-1], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(current[0], current_metrics(history), rtol=1e-12, atol=1e-12)
+
+
 @given(histories(), st.floats(1e-2, 1e2))
 def test_features_ignore_the_scale_of_mqe(history: np.ndarray, scale: float) -> None:
     scaled = history.copy()

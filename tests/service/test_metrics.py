@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from threadpoolctl import threadpool_info
 
 from tests.conftest import free_port, oracle_bin
 
@@ -110,3 +111,10 @@ def test_metrics_add_up_across_worker_processes(tmp_path: Path) -> None:
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(20)
+
+
+def test_the_service_runs_one_blas_thread(client: TestClient) -> None:
+    """The model's tiny matmuls must not wake BLAS threads that spin on the other core."""
+    blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+    assert blas, "NumPy's BLAS should be visible to threadpoolctl"
+    assert all(pool["num_threads"] == 1 for pool in blas)

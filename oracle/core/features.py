@@ -6,7 +6,6 @@ the current values), so data sets whose MQE differs by 10x train one model. NumP
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -72,17 +71,26 @@ def encode_history(history: np.ndarray) -> np.ndarray:
     if history.ndim != 2 or history.shape[1] != 4 or history.shape[0] == 0:
         raise ValueError(f"a history is a non-empty (n, 4) array, got shape {history.shape}")
     metrics, finite = _filled(history)
-    progress = history[:, 0]
+    return _encode_rows(history[:, 0], metrics, metrics[0, 0], finite)
+
+
+def _encode_rows(
+    progress: np.ndarray, metrics: np.ndarray, first_mqe: float | np.ndarray, finite: np.ndarray
+) -> np.ndarray:
+    """The input rows (n, N_FEATURES) of n checkpoints: their progress (n,), forward-filled
+    metrics (n, 3), finite flags (n,), and the MQE of their run's first checkpoint (each
+    row's, or one for all)."""
     if not np.isfinite(progress).all():
         progress = np.nan_to_num(progress, nan=0.0, posinf=1.0, neginf=0.0)
     mqe = np.maximum(metrics[:, 0], _MQE_FLOOR)
-    out = np.empty((history.shape[0], N_FEATURES), dtype=np.float64)
+    out = np.empty((metrics.shape[0], N_FEATURES), dtype=np.float64)
     out[:, 0] = progress
     out[:, 1] = np.log10(np.maximum(progress, _PROGRESS_FLOOR)) / 3.0  # in [-1, 0] for p <= 1
-    out[:, 2] = np.clip(np.log(mqe / mqe[0]), -LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
+    ratio = mqe / np.maximum(first_mqe, _MQE_FLOOR)
+    out[:, 2] = np.clip(np.log(ratio), -LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
     out[:, 3] = metrics[:, 1]
     out[:, 4] = metrics[:, 2]
-    out[:, 5] = finite.astype(np.float64)
+    out[:, 5] = finite
     return out
 
 
@@ -93,51 +101,17 @@ def encode_last(histories: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray
     When a history's first and last rows are finite, that row depends on those two rows alone,
     so the batch is computed in one vectorized pass; the others take the general path.
     """
-    if len(histories) == 1:  # the lone checkpoint of a quiet moment: plain floats are faster
-        one = _encode_last_one(histories[0])
-        if one is not None:
-            return one
     firsts = np.array([h[0] for h in histories], dtype=np.float64).reshape(-1, 4)
     lasts = np.array([h[-1] for h in histories], dtype=np.float64).reshape(-1, 4)
-    out = np.empty((lasts.shape[0], N_FEATURES), dtype=np.float64)
     current = np.array(lasts[:, 1:4])
-    progress = lasts[:, 0]
-    if not np.isfinite(progress).all():
-        progress = np.nan_to_num(progress, nan=0.0, posinf=1.0, neginf=0.0)
-    mqe0 = np.maximum(firsts[:, 1], _MQE_FLOOR)
-    mqe = np.maximum(lasts[:, 1], _MQE_FLOOR)
-    out[:, 0] = progress
-    out[:, 1] = np.log10(np.maximum(progress, _PROGRESS_FLOOR)) / 3.0
-    out[:, 2] = np.clip(np.log(mqe / mqe0), -LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
-    out[:, 3:5] = current[:, 1:3]
-    out[:, 5] = 1.0
+    with np.errstate(invalid="ignore", divide="ignore"):  # rows with inf are redone below
+        out = _encode_rows(lasts[:, 0], current, firsts[:, 1], np.ones(len(lasts)))
     simple = np.isfinite(firsts[:, 1:4]).all(axis=1) & np.isfinite(current).all(axis=1)
     # A non-finite first or last row: the forward fill decides what the model sees.
     for k in np.flatnonzero(~simple).tolist():
         out[k] = encode_history(histories[k])[-1]
         current[k] = current_metrics(histories[k])
     return out, current
-
-
-def _encode_last_one(history: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """`encode_last([history])` in plain floats, when its first and last rows are finite."""
-    first_mqe = float(history[0, 1])
-    progress, mqe, te, dead = (float(v) for v in history[-1])
-    finite = math.isfinite
-    if not (finite(progress) and finite(mqe) and finite(te) and finite(dead)):
-        return None
-    if not (finite(first_mqe) and finite(float(history[0, 2])) and finite(float(history[0, 3]))):
-        return None
-    ratio = math.log(max(mqe, _MQE_FLOOR) / max(first_mqe, _MQE_FLOOR))
-    row = (
-        progress,
-        math.log10(max(progress, _PROGRESS_FLOOR)) / 3.0,
-        min(max(ratio, -LOG_RATIO_LIMIT), LOG_RATIO_LIMIT),
-        te,
-        dead,
-        1.0,
-    )
-    return np.array([row]), np.array([[mqe, te, dead]])
 
 
 def encode_targets(history: np.ndarray, final: np.ndarray) -> np.ndarray:

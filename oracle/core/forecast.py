@@ -103,7 +103,7 @@ class BundlePredictor:
         return middle + self.interval_scale * (scores - middle)
 
     def predict(self, history: np.ndarray, weights: Sequence[float]) -> Prediction:
-        return self._predictions(self.raw(history)[None], [history], [weights])[0]
+        return self.predict_many([history], [weights])[0]
 
     def predict_many(
         self, histories: Sequence[np.ndarray], weights: Sequence[Sequence[float]]
@@ -111,6 +111,9 @@ class BundlePredictor:
         """`predict` for each run of a batch. The runs whose previous checkpoint this process
         predicted take their next step together (one matmul per layer for all of them)."""
         histories = [np.ascontiguousarray(h, dtype=np.float64) for h in histories]
+        if not histories:
+            return []
+        inputs, current = encode_last(histories)  # last rows' inputs, and their metrics
         raws: list[np.ndarray | None] = [None] * len(histories)
         hits: list[tuple[int, list[State]]] = []
         if self.cache_runs and self.network.batches:
@@ -121,7 +124,7 @@ class BundlePredictor:
                         if states is not None:
                             hits.append((k, states))
         if hits:
-            x, _ = encode_last([histories[k] for k, _ in hits])
+            x = inputs[[k for k, _ in hits]]
             y, stepped = self.network.step_many(x, [states for _, states in hits])
             with self._lock:
                 for (k, _), row, states in zip(hits, y, stepped, strict=True):
@@ -132,22 +135,20 @@ class BundlePredictor:
         rows = [
             raw if raw is not None else self.raw(h) for raw, h in zip(raws, histories, strict=True)
         ]
-        return self._predictions(np.stack(rows), histories, weights) if rows else []
+        return self._predictions(np.stack(rows), current, weights)
 
     def _predictions(
-        self,
-        raws: np.ndarray,
-        histories: Sequence[np.ndarray],
-        weights: Sequence[Sequence[float]],
+        self, raws: np.ndarray, current: np.ndarray, weights: Sequence[Sequence[float]]
     ) -> list[Prediction]:
-        """The forecasts of B runs from the network's outputs raws (B, n_outputs), each with
-        its own score weights (B, 3)."""
+        """The forecasts of B runs from the network's outputs raws (B, n_outputs) and their
+        current metrics (B, 3), each with its own score weights (B, 3)."""
+        n = raws.shape[0]
         w = np.asarray(weights, dtype=np.float64)
-        if w.shape != (len(histories), N_TARGETS):
+        if w.shape != (n, N_TARGETS):
             raise ValueError(f"expected {N_TARGETS} weights per run, got shape {w.shape}")
-        encoded = raws.reshape(len(histories), N_TARGETS, self.levels.size).transpose(1, 0, 2)
-        current = encode_last(histories)[1].T[:, :, None]  # (3, B, 1)
-        finals = np.sort(decode_targets(encoded, current), axis=2).transpose(1, 0, 2)
+        encoded = raws.reshape(n, N_TARGETS, self.levels.size).transpose(1, 0, 2)
+        now = current.T[:, :, None]  # (3, B, 1)
+        finals = np.sort(decode_targets(encoded, now), axis=2).transpose(1, 0, 2)
         scores = self.score_quantiles(finals, w)
         levels = self.levels.tolist()
         m = self.median

@@ -494,7 +494,6 @@ class RunState:
     # `history` as history_array rows, kept between checkpoints so that the next one costs one
     # row, not the whole history; rebuilt whenever its length disagrees with `history`.
     _array: np.ndarray | None = field(default=None, repr=False, compare=False)
-    _next: tuple[HistoryRow, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def history_with(self, point: HistoryRow) -> np.ndarray:
         """The history with `point` after it, as a read-only history_array."""
@@ -506,19 +505,14 @@ class RunState:
         out[:n] = array
         out[n] = history_array([point], self.max_epochs)[0]
         out.flags.writeable = False  # shared by the decision and, once stored, by the next
-        self._next = (point, out)
         return out
 
-    def append(self, point: HistoryRow) -> None:
-        """`point` was stored: it is the run's last checkpoint now."""
+    def append(self, point: HistoryRow, array: np.ndarray | None = None) -> None:
+        """`point` was stored: it is the run's last checkpoint now. `array`: what
+        `history_with(point)` returned, kept for the next checkpoint."""
         self.history.append(point)
         self.last_epoch = point[0]
-        following, self._next = self._next, None
-        # The array that history_with made for this very point, if it was the last one asked.
-        if following is not None and following[0] is point:
-            self._array = following[1]
-        else:
-            self._array = None
+        self._array = array
 
     def last_metrics(self) -> Metrics:
         """The last checkpoint's metrics: a run's finals when its worker gives none."""

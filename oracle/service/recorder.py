@@ -89,6 +89,9 @@ class _Finish:
 
 
 _Item = _Pending | _Work | _Start | _Finish
+# A checkpoint stored by a batch: its index in the batch, its run, the point, and the run's
+# history with the point (kept by the run for its next checkpoint).
+_Stored = tuple[int, RunState, store.HistoryRow, np.ndarray]
 
 
 class _Outcome:
@@ -97,7 +100,7 @@ class _Outcome:
 
     def __init__(self, batch: list[_Item]) -> None:
         self.results: list[Any] = [None] * len(batch)
-        self.done: list[tuple[int, RunState, store.HistoryRow]] = []
+        self.done: list[_Stored] = []
         self.started: list[tuple[RunState, str]] = []
         self.pendings = [(i, p) for i, p in enumerate(batch) if isinstance(p, _Pending)]
         self.runs_loop = [(i, p) for i, p in enumerate(batch) if isinstance(p, _Start | _Finish)]
@@ -283,8 +286,8 @@ class Recorder:
         """After the batch's commit: the cache learns what was stored, and what the batch left
         unsettled goes one at a time, in its own transaction, through the ORM."""
         results = outcome.results
-        for _, state, point in outcome.done:
-            state.append(point)
+        for _, state, point, history in outcome.done:
+            state.append(point, history)
         for state, study_id in outcome.started:  # committed: its first checkpoint needs no read
             self._runs[state.run_id] = state
             self._study_pks[study_id] = state.study_pk
@@ -323,12 +326,12 @@ class Recorder:
 
     def _store_checkpoints(
         self, conn: Connection, pendings: list[tuple[int, _Pending]], results: list[Any]
-    ) -> list[tuple[int, RunState, store.HistoryRow]]:
+    ) -> list[_Stored]:
         """Decide and store the batch's checkpoints: forecasts together, then the runs advanced
         by compare-and-swap and their rows inserted (`store.store_checkpoints`). Fills
         `results` with the answers and errors; what stays None goes one at a time after the
         batch."""
-        done: list[tuple[int, RunState, store.HistoryRow]] = []
+        done: list[_Stored] = []
         situated: list[tuple[int, _Pending, RunState, store.HistoryRow, Metrics]] = []
         situations: list[Situation] = []
         studies: dict[int, tuple[StudyPolicy, Thresholds]] = {}  # read once per batch
@@ -342,19 +345,20 @@ class Recorder:
                 continue
             situated.append((i, pending, state, point, observed))
             situations.append(situation)
-        planned: list[tuple[int, RunState, store.HistoryRow, dict[str, Any]]] = []
+        planned: list[tuple[_Stored, dict[str, Any]]] = []
         for (i, pending, state, point, observed), situation in zip(
             situated, self._forecast(situations), strict=True
         ):
             verdict = decide(chain_for(situation.policy.decider), situation)
             row = row_of_verdict(pending.body, observed, state.max_epochs, verdict)
-            planned.append((i, state, point, row))
-        stored = store.store_checkpoints(conn, [(state, row) for _, state, _, row in planned])
-        for i, state, point, row in planned:
+            planned.append(((i, state, point, situation.history), row))
+        stored = store.store_checkpoints(conn, [(plan[1], row) for plan, row in planned])
+        for plan, row in planned:
+            i, state = plan[0], plan[1]
             if state.pk not in stored:
                 self.forget(state.run_id)  # moved on elsewhere: reload, decide again
                 continue
-            done.append((i, state, point))
+            done.append(plan)
             results[i] = decision_of_verdict(state.run_id, row)
         return done
 

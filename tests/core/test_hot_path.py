@@ -194,7 +194,7 @@ def test_a_large_batch_of_checkpoints_is_stored_whole(conn: Connection) -> None:
 
 def test_a_cached_run_extends_its_history_array_one_row_at_a_time() -> None:
     """RunState.history_with/append (the writer's per-checkpoint history) always equals the
-    history_array of the whole history, whichever point is stored after which was asked."""
+    history_array of the whole history, whether a point is stored with its array or not."""
     state = RunState(1, "r", 1, 40, "running", None, None, None, utcnow())
     points: list[store.HistoryRow] = [
         (1, 2.0, 0.5, 0.1),
@@ -207,10 +207,9 @@ def test_a_cached_run_extends_its_history_array_one_row_at_a_time() -> None:
         expected = history_array([*state.history, point], 40)
         np.testing.assert_array_equal(asked, expected)
         assert not asked.flags.writeable  # shared with the decision: nobody may edit it
-        state.append(point)
+        state.append(point, asked)
         np.testing.assert_array_equal(state.history_with((40, 1.0, 0.1, 0.0))[:-1], expected)
-    # A point stored other than the one last asked about: the array is rebuilt, not reused.
-    state.history_with((9, 9.0, 0.9, 0.9))
+    # A point stored without its array (the one-at-a-time path): the array is rebuilt.
     state.append((10, 1.1, 0.2, 0.0))
     np.testing.assert_array_equal(
         state.history_with((12, 1.0, 0.1, 0.0))[:-1], history_array(state.history, 40)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -267,11 +268,14 @@ async def _worker(
     queue: Any,
     limits: dict[str, int] | None,
     result: ClientResult,
+    obey: bool = True,
 ) -> None:
     """Takes runs from the shared queue until it is empty; obeys decisions unless `limits`.
 
     With `limits` (the bare phase) a run posts exactly as many checkpoints as the real phase
-    did, so both phases serve the same request mix.
+    did, so both phases serve the same request mix. With `obey` false a run posts all its
+    checkpoints and finishes completed whatever it is told; its outcome is where it would have
+    stopped (so that two policies serve the very same requests).
     """
     conn = await Connection.open(port)
     latencies = result.checkpoint_ns
@@ -290,7 +294,7 @@ async def _worker(
                 result.errors.append(f"PUT {script.run_id}: {status} {body[:200]!r}")
                 continue
             limit = limits[script.run_id] if limits is not None else len(script.checkpoints)
-            last_epoch, stopped, sent, error = 0, False, 0, None
+            last_epoch, stopped, sent, error, told_at = 0, False, 0, None, 0
             for n, (epoch, request) in enumerate(script.checkpoints[:limit]):
                 if script.gaps:
                     await asyncio.sleep(script.gaps[n])  # the worker trains its map
@@ -303,19 +307,21 @@ async def _worker(
                 if status != 200:
                     error = f"checkpoint {script.run_id}@{epoch}: {status} {body[:200]!r}"
                     break
-                if limits is None and b'"action":"stop"' in body:
-                    stopped = True
-                    break
+                if limits is None and not stopped and b'"action":"stop"' in body:
+                    stopped, told_at = True, epoch
+                    if obey:
+                        break
             if error is not None:
                 result.errors.append(error)
                 finish = script.finish_stopped
             else:
-                finish = script.finish_stopped if stopped else script.finish_completed
+                finish = script.finish_stopped if stopped and obey else script.finish_completed
             status, body = await conn.call(finish)
             result.n_requests += 1
             if status != 200:
                 result.errors.append(f"finish {script.run_id}: {status} {body[:200]!r}")
-            result.outcomes[script.run_id] = RunOutcome(last_epoch, stopped, sent, error)
+            epochs_run = told_at if stopped else last_epoch
+            result.outcomes[script.run_id] = RunOutcome(epochs_run, stopped, sent, error)
     finally:
         conn.close()
 
@@ -328,6 +334,7 @@ def _client_process(
     n_workers: int,
     go: Any,
     out: Any,
+    obey: bool = True,
 ) -> None:
     """One client process: `n_workers` coroutines on one event loop, started by `go`."""
     with contextlib.suppress(ImportError):
@@ -340,7 +347,7 @@ def _client_process(
 
     async def main() -> None:
         await asyncio.gather(
-            *(_worker(port, scripts, queue, limits, result) for _ in range(n_workers))
+            *(_worker(port, scripts, queue, limits, result, obey) for _ in range(n_workers))
         )
 
     try:
@@ -397,6 +404,7 @@ def run_phase(
     workers: int,
     clients: int,
     limits: dict[str, int] | None = None,
+    obey: bool = True,
 ) -> PhaseResult:
     """Replays `scripts` with `workers` connections spread over `clients` processes."""
     ctx = mp.get_context("fork")
@@ -406,7 +414,9 @@ def run_phase(
     clients = max(1, min(clients, workers))
     shares = [workers // clients + (1 if i < workers % clients else 0) for i in range(clients)]
     procs = [
-        ctx.Process(target=_client_process, args=(port, scripts, queue, limits, share, go, out))
+        ctx.Process(
+            target=_client_process, args=(port, scripts, queue, limits, share, go, out, obey)
+        )
         for share in shares
     ]
     for p in procs:
@@ -453,15 +463,12 @@ def oracle_cmd() -> list[str]:
     return [python_bin(), "-m", "oracle.cli"]
 
 
-POLICY = {"name": "median"}  # set from --policy before any server starts
-
-
-def server_env(database_url: str) -> dict[str, str]:
+def server_env(database_url: str, policy: str = "median") -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         DATABASE_URL=database_url,
-        # The shipped model decides only when --policy oracle; else the median rule does.
-        ORACLE_DEFAULT_MODEL="1" if POLICY["name"] == "oracle" else "0",
+        # The shipped model decides only when the policy is oracle; else the median rule does.
+        ORACLE_DEFAULT_MODEL="1" if policy == "oracle" else "0",
         ORACLE_TOKENS=TOKENS,
         PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
     )
@@ -534,11 +541,17 @@ class Server:
                 self.proc.wait()
 
 
-def start_server(cmd: list[str], database_url: str, port: int, log: Path) -> Server:
+def start_server(
+    cmd: list[str], database_url: str, port: int, log: Path, policy: str = "median"
+) -> Server:
     with log.open("ab") as sink:
         started = time.perf_counter()
         proc = subprocess.Popen(
-            cmd, env=server_env(database_url), cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT
+            cmd,
+            env=server_env(database_url, policy),
+            cwd=ROOT,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
         )
     try:
         wait_healthy(proc, port, CONNECT_TIMEOUT_S)
@@ -599,6 +612,7 @@ def fresh_database(backend: str, pg_url: str, tmp: Path) -> Iterator[str]:
 @dataclass
 class Trial:
     backend: str
+    policy: str
     workers: int
     repeat: int
     startup_s: float
@@ -671,26 +685,33 @@ def trial(
     runs: Sequence[RunData],
     args: argparse.Namespace,
     tmp: Path,
+    policy: str = "median",
 ) -> Trial:
+    obey = not args.ignore_decisions
     with fresh_database(backend, args.postgres_url, tmp) as url:
         port = free_port()
         server = start_server(
-            bench_server_cmd(port, args.server_workers), url, port, tmp / "server.log"
+            bench_server_cmd(port, args.server_workers), url, port, tmp / "server.log", policy
         )
         try:
             warm_up(port)
             load = os.getloadavg()[0]
             fsync = fsync_ms(tmp)
             cpu0 = server.cpu_s()
-            with profiled(server, args.profile, f"{backend}-{workers}-{repeat}-real"):
+            name = f"{backend}-{policy}-{workers}-{repeat}"
+            with profiled(server, args.profile, f"{name}-real"):
                 real = run_phase(
-                    port, scripts_for(runs, port, bare=False, pace=args.pace), workers, args.clients
+                    port,
+                    scripts_for(runs, port, bare=False, pace=args.pace),
+                    workers,
+                    args.clients,
+                    obey=obey,
                 )
             real.server_cpu_s = server.cpu_s() - cpu0
             limits = {rid: o.n_checkpoints for rid, o in real.outcomes.items()}
             limits.update({r.run_id: 0 for r in runs if r.run_id not in limits})
             cpu0 = server.cpu_s()
-            with profiled(server, args.profile, f"{backend}-{workers}-{repeat}-bare"):
+            with profiled(server, args.profile, f"{name}-bare"):
                 bare = run_phase(
                     port,
                     scripts_for(runs, port, bare=True, pace=args.pace),
@@ -704,6 +725,7 @@ def trial(
             server.stop()
     return Trial(
         backend,
+        policy,
         workers,
         repeat,
         server.startup_s,
@@ -718,7 +740,8 @@ def trial(
 
 
 def startup_of_oracle_serve(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str, float]:
-    """Seconds from spawning `oracle serve` to its first 200 on /healthz, and its idle RSS."""
+    """Seconds from spawning `oracle serve` to its first 200 on /healthz, and its idle RSS, as
+    `make serve` starts it: with the shipped model."""
     times: list[float] = []
     fresh: list[float] = []
     rss: list[float] = []
@@ -728,13 +751,13 @@ def startup_of_oracle_serve(backend: str, args: argparse.Namespace, tmp: Path) -
             path = tmp / f"fresh-{uuid.uuid4().hex[:8]}.db"
             port = free_port()
             cmd = [*oracle_cmd(), "serve", "--host", "127.0.0.1", "--port", str(port)]
-            server = start_server(cmd, f"sqlite:///{path}", port, tmp / "serve.log")
+            server = start_server(cmd, f"sqlite:///{path}", port, tmp / "serve.log", "oracle")
             fresh.append(server.startup_s)
             server.stop()
         with fresh_database(backend, args.postgres_url, tmp) as url:
             port = free_port()
             cmd = [*oracle_cmd(), "serve", "--host", "127.0.0.1", "--port", str(port)]
-            server = start_server(cmd, url, port, tmp / "serve.log")
+            server = start_server(cmd, url, port, tmp / "serve.log", "oracle")
             times.append(server.startup_s)
             time.sleep(0.3)
             rss.append(server.rss_mb()[0])
@@ -758,6 +781,7 @@ def summarize(trials: Sequence[Trial]) -> dict[str, Any]:
     bare = [t.bare for t in trials]
     return {
         "backend": trials[0].backend,
+        "policy": trials[0].policy,
         "workers": trials[0].workers,
         "repeats": len(trials),
         "decisions_per_s": med([r.decisions_per_s for r in real]),
@@ -792,14 +816,16 @@ def summarize(trials: Sequence[Trial]) -> dict[str, Any]:
 
 def print_table(rows: Sequence[dict[str, Any]]) -> None:
     print(
-        "\n| backend | workers | decisions/s | p50 ms | p99 ms | bare dec/s | bare p50 | bare p99 "
+        "\n| backend | policy | workers | decisions/s | p50 ms | p99 ms | bare dec/s | bare p50 "
+        "| bare p99 "
         "| ratio | server CPU µs/dec (bare) | RSS MB | client µs/req | load | fsync ms "
         "| saved | recall |"
     )
-    print("|" + " --- |" * 16)
+    print("|" + " --- |" * 17)
     for r in rows:
         print(
-            f"| {r['backend']} | {r['workers']} | {r['decisions_per_s']:.0f} | {r['p50_ms']:.2f} "
+            f"| {r['backend']} | {r['policy']} | {r['workers']} | {r['decisions_per_s']:.0f} "
+            f"| {r['p50_ms']:.2f} "
             f"| {r['p99_ms']:.2f} | {r['bare_decisions_per_s']:.0f} | {r['bare_p50_ms']:.2f} "
             f"| {r['bare_p99_ms']:.2f} | {r['throughput_ratio']:.0%} "
             f"| {r['server_us_per_decision']:.0f} ({r['bare_server_us_per_decision']:.0f}) "
@@ -833,9 +859,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--policy",
-        choices=("median", "oracle"),
         default="median",
-        help="who decides past warm-up: the median rule, or the shipped model (oracle)",
+        help="who decides past warm-up: median (the median rule), oracle (the shipped model), "
+        "or both, comma-separated: each repeat then runs them one after the other",
+    )
+    parser.add_argument(
+        "--ignore-decisions",
+        action="store_true",
+        help="workers post every checkpoint whatever they are told, so that two policies "
+        "serve the very same requests (saved/recall: where runs would have stopped)",
     )
     parser.add_argument(
         "--profile",
@@ -847,14 +879,36 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.pace < 0:
         parser.error(f"--pace must be 0 (closed loop) or positive, not {args.pace:g}")
+    args.policies = args.policy.split(",")
+    unknown = sorted(set(args.policies) - {"median", "oracle"})
+    if unknown:
+        parser.error(f"--policy: unknown {', '.join(unknown)} (median or oracle)")
     if args.quick:
         args.runs, args.repeat = 100, 1
     return args
 
 
+def report(t: Trial) -> None:
+    """One trial's line, printed as it ends."""
+    print(
+        f"{t.backend} {t.policy} workers={t.workers} #{t.repeat}: "
+        f"{t.real.decisions_per_s:.0f} dec/s p50 {t.real.p50_ms:.2f} "
+        f"p99 {t.real.p99_ms:.2f} ms | bare {t.bare.decisions_per_s:.0f} dec/s "
+        f"p99 {t.bare.p99_ms:.2f} ms | RSS {t.rss_mb:.0f} MB | start "
+        f"{t.startup_s:.2f} s | server CPU {t.real.server_us_per_decision:.0f}/"
+        f"{t.bare.server_us_per_decision:.0f} µs/dec | load {t.loadavg:.1f} "
+        f"fsync {t.fsync_ms:.1f} ms | client {t.real.client_us_per_request:.0f} "
+        f"µs/req | saved {t.quality['epochs_saved']:.1%} recall "
+        f"{t.quality['recall_best10']:.1%} | errors "
+        f"{len(t.real.errors) + len(t.bare.errors)}",
+        flush=True,
+    )
+    for error in (t.real.errors + t.bare.errors)[:5]:
+        print("   ", error, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    POLICY["name"] = args.policy
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
     worker_counts = [int(w) for w in args.workers.split(",")]
     runs = load_runs(args.data, args.runs, args.seed)
@@ -875,26 +929,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 startup[backend] = startup_of_oracle_serve(backend, args, tmp)
                 print(f"{backend}: oracle serve {startup[backend]}", flush=True)
             for workers in worker_counts:
-                trials = []
-                for repeat in range(args.repeat):
-                    t = trial(backend, workers, repeat, runs, args, tmp)
-                    trials.append(t)
-                    print(
-                        f"{backend} workers={workers} #{repeat}: "
-                        f"{t.real.decisions_per_s:.0f} dec/s p50 {t.real.p50_ms:.2f} "
-                        f"p99 {t.real.p99_ms:.2f} ms | bare {t.bare.decisions_per_s:.0f} dec/s "
-                        f"p99 {t.bare.p99_ms:.2f} ms | RSS {t.rss_mb:.0f} MB | start "
-                        f"{t.startup_s:.2f} s | server CPU {t.real.server_us_per_decision:.0f}/"
-                        f"{t.bare.server_us_per_decision:.0f} µs/dec | load {t.loadavg:.1f} "
-                        f"fsync {t.fsync_ms:.1f} ms | client {t.real.client_us_per_request:.0f} "
-                        f"µs/req | saved {t.quality['epochs_saved']:.1%} recall "
-                        f"{t.quality['recall_best10']:.1%} | errors "
-                        f"{len(t.real.errors) + len(t.bare.errors)}",
-                        flush=True,
-                    )
-                    for error in (t.real.errors + t.bare.errors)[:5]:
-                        print("   ", error, flush=True)
-                rows.append(summarize(trials))
+                trials: dict[str, list[Trial]] = {policy: [] for policy in args.policies}
+                # Policies alternate within a repeat: a box whose speed drifts hits each alike.
+                for repeat, policy in itertools.product(range(args.repeat), args.policies):
+                    t = trial(backend, workers, repeat, runs, args, tmp, policy)
+                    trials[policy].append(t)
+                    report(t)
+                rows.extend(summarize(t) for t in trials.values())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print_table(rows)

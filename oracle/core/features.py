@@ -61,6 +61,12 @@ def current_metrics(history: np.ndarray) -> np.ndarray:
     return out
 
 
+def _clip(x: np.ndarray, low: float, high: float) -> np.ndarray:
+    """`np.clip` as two ufuncs: the same values (NaN stays NaN) at half the cost on the few
+    numbers of one decision."""
+    return np.minimum(np.maximum(x, low), high)
+
+
 def encode_history(history: np.ndarray) -> np.ndarray:
     """(n, 4) history of (progress, mqe, te, dead; NaN = non-finite) -> (n, N_FEATURES) input.
 
@@ -87,7 +93,7 @@ def _encode_rows(
     out[:, 0] = progress
     out[:, 1] = np.log10(np.maximum(progress, _PROGRESS_FLOOR)) / 3.0  # in [-1, 0] for p <= 1
     ratio = mqe / np.maximum(first_mqe, _MQE_FLOOR)
-    out[:, 2] = np.clip(np.log(ratio), -LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
+    out[:, 2] = _clip(np.log(ratio), -LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
     out[:, 3] = metrics[:, 1]
     out[:, 4] = metrics[:, 2]
     out[:, 5] = finite
@@ -120,7 +126,7 @@ def encode_targets(history: np.ndarray, final: np.ndarray) -> np.ndarray:
     final = np.asarray(final, dtype=np.float64)
     out = np.empty((metrics.shape[0], N_TARGETS), dtype=np.float64)
     ratio = np.log(max(final[0], _MQE_FLOOR) / np.maximum(metrics[:, 0], _MQE_FLOOR))
-    out[:, 0] = np.clip(ratio, -LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
+    out[:, 0] = _clip(ratio, -LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
     out[:, 1] = final[1] - metrics[:, 1]
     out[:, 2] = final[2] - metrics[:, 2]
     return out
@@ -137,7 +143,7 @@ def decode_targets(encoded: np.ndarray, current: np.ndarray) -> np.ndarray:
     if cur.ndim == 1:  # one run's (3,); a batch passes (3, B, 1) against (3, B, n_quantiles)
         cur = cur.reshape((3,) + (1,) * (encoded.ndim - 1))
     out = np.empty_like(encoded)
-    ratio = np.clip(encoded[0], -LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
+    ratio = _clip(encoded[0], -LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
     out[0] = np.maximum(cur[0], _MQE_FLOOR) * np.exp(ratio)
-    out[1:] = np.clip(cur[1:] + encoded[1:], 0.0, 1.0)
+    out[1:] = _clip(cur[1:] + encoded[1:], 0.0, 1.0)
     return out

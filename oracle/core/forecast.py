@@ -98,7 +98,7 @@ class BundlePredictor:
         and too wide otherwise; `interval_scale`, fitted on held-out runs, corrects the width.
         """
         w = np.asarray(weights, dtype=np.float64)  # (3,), or (..., 3): one set per run
-        scores = np.einsum("...tq,...t->...q", finals, w)
+        scores = (w[..., None, :] @ finals)[..., 0, :]  # sum over the 3 targets
         middle = scores[..., self.median : self.median + 1]
         return middle + self.interval_scale * (scores - middle)
 

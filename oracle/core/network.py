@@ -101,8 +101,11 @@ class LSTM:
 
     def step_many(self, x: np.ndarray, states: list[State]) -> tuple[np.ndarray, list[State]]:
         """One step of B runs at once, each from its own state: (B, d_in) -> (B, units)."""
-        h = np.stack([state[0] for state in states])
-        c = np.stack([state[1] for state in states])
+        if len(states) == 1:  # the lone checkpoint of a quiet moment: no copy needed
+            h, c = states[0][0][None], states[0][1][None]
+        else:
+            h = np.stack([state[0] for state in states])
+            c = np.stack([state[1] for state in states])
         h, c = _step(x @ self.kernel + self.bias, h, c, self.recurrent, self.scale, self.offset)
         return h, list(zip(h, c, strict=True))
 

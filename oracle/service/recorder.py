@@ -24,7 +24,6 @@ one network step for all the runs it has seen before.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import threading
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
@@ -496,7 +495,7 @@ class Recorder:
         )
         out = list(situations)
         for k, forecast in zip(wanted, forecasts, strict=True):
-            out[k] = dataclasses.replace(out[k], forecast=forecast)
+            out[k] = out[k].with_forecast(forecast)
         return out
 
     def close(self) -> None:

@@ -33,7 +33,9 @@ class Prediction:
     def quantile(self, level: float) -> float:
         """The score at `level`: linear between the model's levels, clamped beyond them (as
         `np.interp`, without building arrays: a decision asks for five of these)."""
-        points = sorted(self.score_quantiles.items())
+        points = list(self.score_quantiles.items())
+        if any(a[0] >= b[0] for a, b in itertools.pairwise(points)):  # made out of order
+            points.sort()
         if level <= points[0][0]:
             return float(points[0][1])
         for (q0, v0), (q1, v1) in itertools.pairwise(points):
@@ -66,6 +68,18 @@ class Situation:
     @property
     def progress(self) -> float:
         return self.epoch / self.max_epochs
+
+    def with_forecast(self, forecast: Prediction) -> Situation:
+        """This situation with its forecast made (`dataclasses.replace`, without its cost)."""
+        return Situation(
+            self.epoch,
+            self.max_epochs,
+            self.history,
+            self.policy,
+            self.thresholds,
+            self.predictor,
+            forecast,
+        )
 
     def scores(self) -> np.ndarray:
         return self.policy.weights.scores(self.history[:, 1:4])

@@ -3,10 +3,9 @@ one-at-a-time path that works from the database's truth (retries, conflicts, los
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
-
-import numpy as np
 
 from oracle.core import store
 from oracle.core.db import Database
@@ -139,4 +138,4 @@ def decision_of_verdict(run_id: str, row: Mapping[str, Any]) -> Decision:
 
 
 def _finite(value: float | None) -> float | None:
-    return float(value) if value is not None and np.isfinite(value) else None
+    return float(value) if value is not None and math.isfinite(value) else None

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import ClassVar, Literal, Protocol
 
 import numpy as np
@@ -26,6 +28,11 @@ class Prediction:
     score_quantiles: dict[float, float]
     model_version: str
 
+    @cached_property
+    def _points(self) -> list[tuple[float, float]]:
+        """(level, score) by level, made once (a frozen dataclass may cache this way)."""
+        return sorted(self.score_quantiles.items())
+
     def interval(self, coverage: float = 0.8) -> tuple[float, float]:
         lo, hi = (1 - coverage) / 2, 1 - (1 - coverage) / 2
         return self.quantile(lo), self.quantile(hi)
@@ -33,9 +40,7 @@ class Prediction:
     def quantile(self, level: float) -> float:
         """The score at `level`: linear between the model's levels, clamped beyond them (as
         `np.interp`, without building arrays: a decision asks for five of these)."""
-        points = list(self.score_quantiles.items())
-        if any(a[0] >= b[0] for a, b in itertools.pairwise(points)):  # made out of order
-            points.sort()
+        points = self._points
         if level <= points[0][0]:
             return float(points[0][1])
         for (q0, v0), (q1, v1) in itertools.pairwise(points):
@@ -125,6 +130,6 @@ def decide(chain: Sequence[Policy], situation: Situation) -> Verdict:
 
 
 def fmt(value: float) -> str:
-    if not np.isfinite(value) or abs(value) >= 1e29:
+    if not math.isfinite(value) or abs(value) >= 1e29:
         return "inf"
     return f"{value:.4g}"

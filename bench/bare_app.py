@@ -80,4 +80,9 @@ def create(settings: Settings | None = None) -> FastAPI:
     """`create_app(settings)` with the bare routes under /bench/bare/."""
     app = create_app(settings)
     app.include_router(router)
+    # First in the routing table: an included router's routes are matched one by one, with no
+    # prefix check, so at the end a bare request would walk every route of the service first
+    # (a fifth of the bare endpoint's time, by py-spy). First, it pays the least matching of
+    # any route, and the real routes pay for three extra misses: the ratio errs against us.
+    app.router.routes.insert(0, app.router.routes.pop())
     return app

@@ -125,15 +125,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
+    # The workers' routes first, FastAPI's own documentation routes last: a request is matched
+    # against the routes in order, one regex each (an included router has no prefix check),
+    # and each miss ahead of the checkpoint route costs every checkpoint ~2 µs.
     for router in (
-        studies.router,
         runs.router,
+        studies.router,
         predict.router,
         models.router,
         health.router,
         dashboard.router,
     ):
         app.include_router(router)
+    docs = {app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url}
+    app.router.routes.sort(key=lambda route: getattr(route, "path", None) in docs)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(logs.RequestContext)
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 
 from fastapi.testclient import TestClient
+from starlette.routing import Match
 
 from oracle.service.main import GC_YOUNG_THRESHOLD, create_app
 from tests.conftest import auth, settings_for
@@ -32,3 +33,17 @@ def test_start_up_freezes_its_heap_and_still_collects_what_requests_leave(sqlite
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)
+
+
+def test_the_workers_routes_are_matched_first_and_the_docs_last(sqlite_url: str) -> None:
+    """Routes are tried in order, one regex each: every route ahead of the checkpoint route
+    costs each checkpoint a miss. The docs still answer from the end of the table."""
+    app = create_app(settings_for(sqlite_url))
+    checkpoint = {"type": "http", "method": "POST", "path": "/v1/runs/r/checkpoints"}
+    match, _ = app.router.routes[0].matches({**checkpoint, "root_path": "", "headers": []})
+    assert match == Match.FULL
+    paths = [getattr(route, "path", None) for route in app.router.routes]
+    assert paths[-4:] == ["/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"]
+    with TestClient(app) as client:
+        assert client.get("/docs").status_code == 200
+        assert "/v1/runs/{run_id}/checkpoints" in client.get("/openapi.json").json()["paths"]

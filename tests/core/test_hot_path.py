@@ -215,3 +215,28 @@ def test_a_cached_run_extends_its_history_array_one_row_at_a_time() -> None:
         state.history_with((12, 1.0, 0.1, 0.0))[:-1], history_array(state.history, 40)
     )
     assert state.last_epoch == 10
+
+
+def test_the_drivers_insert_stores_what_sqlalchemys_stores(conn: Connection) -> None:
+    """insert_checkpoint_rows binds its values itself (SQLite): every column reads back as
+    the same row SQLAlchemy's own INSERT of the same values stores."""
+    study = store.study_pk_of(conn, "s")
+    states = store.insert_new_runs(conn, [(r, study, RunSpec("s", 10)) for r in "ab"])
+    forecast = {"predicted_score": 0.125, "score_high": 1e31, "model_version": "m1", "wall_s": 2}
+    row = _row(3, "stop", **forecast)
+    store.insert_checkpoint_rows(conn, [row | {"run_pk": states["a"].pk}])
+    conn.execute(Checkpoint.__table__.insert(), [row | {"run_pk": states["b"].pk}])
+    stored = {
+        r.run_pk: r._asdict()
+        for r in conn.execute(select(Checkpoint.__table__))  # type: ignore[misc]
+    }
+    ours, theirs = stored[states["a"].pk], stored[states["b"].pk]
+    assert {**ours, "run_pk": None} == {**theirs, "run_pk": None}
+    assert ours["received_at"] == row["received_at"] and ours["received_at"].tzinfo is not None
+    # As stored, before any result processing: the same text for the timestamp, the same
+    # storage class for each number (an int wall_s is stored as a REAL by both).
+    raw = conn.exec_driver_sql("SELECT * FROM checkpoints ORDER BY run_pk").all()
+    assert [tuple(r)[1:] for r in raw] == [tuple(raw[1])[1:]] * 2
+    if conn.dialect.name == "sqlite":
+        types = "SELECT typeof(wall_s), typeof(received_at) FROM checkpoints"
+        assert conn.exec_driver_sql(types).all() == [("real", "text")] * 2

@@ -36,34 +36,7 @@ def _spec(body: RunCreate) -> store.RunSpec:
     )
 
 
-@router.put(
-    "/{run_id}",
-    response_model=RunPublic,
-    responses={201: {"model": RunPublic}, 409: {"description": "the id exists with another body"}},
-)
-async def put_run(
-    run_id: RunId,
-    body: RunCreate,
-    request: Request,
-    response: Response,
-    _: Principal = Depends(require(Role.worker)),
-) -> RunPublic:
-    """Start a run under a worker-chosen id; the same body again returns the stored run."""
-    result, created = await state_of(request).recorder.start(run_id, _spec(body))
-    response.status_code = 201 if created else 200
-    return result
-
-
-@router.post("", response_model=RunPublic, status_code=201)
-async def create_run(
-    body: RunCreate, request: Request, _: Principal = Depends(require(Role.worker))
-) -> RunPublic:
-    """Start a run under an id the server picks."""
-    run_id = f"run-{uuid.uuid4().hex}"
-    result, _created = await state_of(request).recorder.start(run_id, _spec(body))
-    return result
-
-
+# The checkpoint route first: routes are matched in declaration order, one regex each.
 @router.post(
     "/{run_id}/checkpoints",
     response_model=Decision,
@@ -94,6 +67,34 @@ async def finish_run(
         else None
     )
     return await state_of(request).recorder.finish(run_id, body.status, final)
+
+
+@router.put(
+    "/{run_id}",
+    response_model=RunPublic,
+    responses={201: {"model": RunPublic}, 409: {"description": "the id exists with another body"}},
+)
+async def put_run(
+    run_id: RunId,
+    body: RunCreate,
+    request: Request,
+    response: Response,
+    _: Principal = Depends(require(Role.worker)),
+) -> RunPublic:
+    """Start a run under a worker-chosen id; the same body again returns the stored run."""
+    result, created = await state_of(request).recorder.start(run_id, _spec(body))
+    response.status_code = 201 if created else 200
+    return result
+
+
+@router.post("", response_model=RunPublic, status_code=201)
+async def create_run(
+    body: RunCreate, request: Request, _: Principal = Depends(require(Role.worker))
+) -> RunPublic:
+    """Start a run under an id the server picks."""
+    run_id = f"run-{uuid.uuid4().hex}"
+    result, _created = await state_of(request).recorder.start(run_id, _spec(body))
+    return result
 
 
 @router.get("/{run_id}", response_model=RunDetail)

@@ -99,9 +99,12 @@ def decision_quality(runs: Sequence[RunData], outcomes: dict[str, RunOutcome]) -
     medians = {name: statistics.median(values) for name, values in by_dataset.items()}
     scores = sorted(runs, key=lambda r: quality_score(r.final, medians[r.dataset]))
     best = scores[: max(1, round(len(runs) * 0.1))]
+    # A run with no outcome (its client process failed: reported among the errors) counts as
+    # run to the end and kept, so that a broken replay never looks like a saving.
+    never = RunOutcome(0, False, 0)
     planned = sum(r.max_epochs for r in runs)
-    ran = sum(outcomes[r.run_id].epochs_run for r in runs)
-    kept = sum(not outcomes[r.run_id].stopped for r in best)
+    ran = sum(outcomes[r.run_id].epochs_run if r.run_id in outcomes else r.max_epochs for r in runs)
+    kept = sum(not outcomes.get(r.run_id, never).stopped for r in best)
     stopped = sum(o.stopped for o in outcomes.values())
     return {
         "epochs_saved": 1 - ran / planned,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -165,3 +167,11 @@ def test_a_prediction_interpolates_its_quantiles_as_numpy_does(
     levels = sorted(quantiles)
     expected = float(np.interp(level, levels, [quantiles[q] for q in levels]))
     assert prediction.quantile(level) == pytest.approx(expected, rel=1e-9, abs=1e-6)
+
+
+def test_a_situation_with_its_forecast_keeps_every_other_field() -> None:
+    """`with_forecast` spells out the fields (dataclasses.replace costs more than a decision's
+    forecast step); a field added to Situation must be added there too."""
+    s = situation([(0.05, 1.0)], predictor=FixedPredictor({0.1: 2.0, 0.5: 2.5, 0.9: 3.0}))
+    forecast = Prediction((1.0, 0.1, 0.0), 2.5, {0.5: 2.5}, "v1")
+    assert s.with_forecast(forecast) == dataclasses.replace(s, forecast=forecast)

@@ -77,13 +77,13 @@ class Situation:
     def with_forecast(self, forecast: Prediction) -> Situation:
         """This situation with its forecast made (`dataclasses.replace`, without its cost)."""
         return Situation(
-            self.epoch,
-            self.max_epochs,
-            self.history,
-            self.policy,
-            self.thresholds,
-            self.predictor,
-            forecast,
+            epoch=self.epoch,
+            max_epochs=self.max_epochs,
+            history=self.history,
+            policy=self.policy,
+            thresholds=self.thresholds,
+            predictor=self.predictor,
+            forecast=forecast,
         )
 
     def scores(self) -> np.ndarray:

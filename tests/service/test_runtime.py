@@ -47,3 +47,21 @@ def test_the_workers_routes_are_matched_first_and_the_docs_last(sqlite_url: str)
     with TestClient(app) as client:
         assert client.get("/docs").status_code == 200
         assert "/v1/runs/{run_id}/checkpoints" in client.get("/openapi.json").json()["paths"]
+
+
+def test_the_benchmarks_bare_twins_are_matched_first_and_validate_like_the_real_route(
+    sqlite_url: str,
+) -> None:
+    """bench/replay.py divides the service's throughput by its bare twins'; a twin matched
+    after the service's routes pays their misses and flatters the ratio (bench/RESULTS-
+    service.md, sixth pass)."""
+    from bench.bare_app import create
+
+    app = create(settings_for(sqlite_url))
+    scope = {"type": "http", "method": "POST", "path": "/bench/bare/r/checkpoints"}
+    match, _ = app.router.routes[0].matches({**scope, "root_path": "", "headers": []})
+    assert match == Match.FULL
+    body = {"epoch": 1, "mqe": 1.0, "topographic_error": 0.1, "dead_neuron_ratio": 0.0}
+    with TestClient(app, headers=auth("worker")) as client:
+        assert client.post("/bench/bare/r/checkpoints", json=body).json()["action"] == "continue"
+        assert client.post("/bench/bare/r/checkpoints", json={**body, "mqe": -1}).status_code == 422

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
@@ -687,14 +687,11 @@ def _driver_insert(dialect: Dialect) -> tuple[str, tuple[tuple[str, Any], ...]]:
     if found is None:
         names = [c.name for c in _checkpoints.columns]
         statement = _checkpoints.insert().values({name: bindparam(name) for name in names})
-        compiled = statement.compile(dialect=dialect)
-        if not compiled.positional or compiled.positiontup is None:
+        sql, positions, _ = _compile(statement, dialect)
+        if positions is None:
             raise RuntimeError(f"{dialect.name} does not take positional parameters")
-        bound = tuple(
-            (name, _checkpoints.c[name].type.dialect_impl(dialect).bind_processor(dialect))
-            for name in compiled.positiontup
-        )
-        found = _DRIVER_INSERTS[key] = (compiled.string, bound)
+        bound = tuple((name, _bind_processor(_checkpoints.c[name], dialect)) for name in positions)
+        found = _DRIVER_INSERTS[key] = (sql, bound)
     return found
 
 
@@ -779,7 +776,7 @@ def _execute_values(
         for name, value in row.items():
             params[f"r{n}_{name}"] = value
     if "finished_at" in shared:
-        process = _runs.c.finished_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+        process = _bind_processor(_runs.c.finished_at, conn.dialect)
         value = shared["finished_at"]
         params["b_finished_at"] = process(value) if process is not None else value
     args = tuple(params[name] for name in positions) if positions is not None else params
@@ -818,10 +815,24 @@ def _compiled_values(dialect: Dialect, kind: str, n: int) -> _Compiled:
 
 
 def _compile_values(dialect: Dialect, kind: str, n: int) -> _Compiled:
-    compiled = _values_statement(kind, n).compile(dialect=dialect)
+    return _compile(_values_statement(kind, n), dialect)
+
+
+def _compile(statement: Any, dialect: Dialect) -> _Compiled:
+    """The driver's SQL of `statement`, its parameter names in order (None for a dialect of
+    named parameters), and their defaults."""
+    compiled = statement.compile(dialect=dialect)
     positional = compiled.positional and compiled.positiontup is not None
     positions = tuple(compiled.positiontup or ()) if positional else None
     return compiled.string, positions, dict(compiled.params)
+
+
+def _bind_processor(column: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
+    """What SQLAlchemy does to a value of `column` before the driver gets it, if anything."""
+    processor: Callable[[Any], Any] | None = column.type.dialect_impl(dialect).bind_processor(
+        dialect
+    )
+    return processor
 
 
 def _values_statement(kind: str, n: int) -> Any:

@@ -351,9 +351,9 @@ class Recorder:
             verdict = decide(chain_for(situation.policy.decider), situation)
             row = row_of_verdict(pending.body, observed, state.max_epochs, verdict)
             planned.append(((i, state, point, situation.history), row))
-        stored = store.store_checkpoints(conn, [(plan[1], row) for plan, row in planned])
+        stored = store.store_checkpoints(conn, [(state, row) for (_, state, _, _), row in planned])
         for plan, row in planned:
-            i, state = plan[0], plan[1]
+            i, state, _, _ = plan
             if state.pk not in stored:
                 self.forget(state.run_id)  # moved on elsewhere: reload, decide again
                 continue

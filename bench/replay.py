@@ -876,8 +876,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--profile",
         type=Path,
         metavar="DIR",
-        help="sample the server with py-spy during each phase, into DIR/<backend>-<workers>-"
-        "<repeat>-<real|bare>.txt (sampling slows the server: not for the figures)",
+        help="sample the server with py-spy during each phase, into DIR/<backend>-<policy>-"
+        "<workers>-<repeat>-<real|bare>.txt (sampling slows the server: not for the figures)",
     )
     args = parser.parse_args(argv)
     if args.pace < 0:
@@ -885,7 +885,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.policies = args.policy.split(",")
     unknown = sorted(set(args.policies) - {"median", "oracle"})
     if unknown:
-        parser.error(f"--policy: unknown {', '.join(unknown)} (median or oracle)")
+        parser.error(f"--policy: unknown {', '.join(map(repr, unknown))} (median or oracle)")
+    if len(set(args.policies)) < len(args.policies):
+        parser.error(f"--policy: {args.policy!r} names a policy twice")
     if args.quick:
         args.runs, args.repeat = 100, 1
     return args

@@ -62,6 +62,7 @@ def cross_validated(config: TrainConfig, data: str, folds: int, confidence: floa
         trained = train.fit(config, inner.train, inner.validation, Path(f"var/bench/fold{fold}"))
         manifest = {
             "architecture": trained.spec,
+            "feature_schema_version": config.feature_schema,
             "quantile_levels": list(config.quantile_levels),
             "interval_scale": 1.0,
         }
@@ -73,7 +74,8 @@ def cross_validated(config: TrainConfig, data: str, folds: int, confidence: floa
         # Kept so that the policy side can be studied again without retraining.
         manifest["interval_scale"] = predictor.interval_scale
         artifact, _ = bundle.dump(manifest, trained.weights)
-        Path(f"var/bench/{config.model}-fold{fold}.bundle").write_bytes(artifact)
+        name = f"{config.model}-f{config.feature_schema}-fold{fold}.bundle"
+        Path(f"var/bench/{name}").write_bytes(artifact)
         print(
             f"fold {fold}: {trained.epochs_run} epochs, {trained.seconds:.0f} s, "
             f"interval scale {predictor.interval_scale:.3f}",
@@ -114,11 +116,22 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--confidence", type=float, default=0.9)
+    parser.add_argument(
+        "--feature-schema",
+        type=int,
+        default=TrainConfig.feature_schema,
+        help="2: the model reads each run's configuration; 1: its history alone",
+    )
     args = parser.parse_args()
     if args.bundle:
         held_out(args.bundle, args.data, args.confidence)
     if args.folds:
-        config = TrainConfig(model=args.model, epochs=args.epochs, seed=args.seed)
+        config = TrainConfig(
+            model=args.model,
+            epochs=args.epochs,
+            seed=args.seed,
+            feature_schema=args.feature_schema,
+        )
         cross_validated(config, args.data, args.folds, args.confidence)
     if not (args.bundle or args.folds):
         parser.error("pass --bundle FILE and/or --folds K")

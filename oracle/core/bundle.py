@@ -18,7 +18,11 @@ from typing import Any
 import numpy as np
 
 from oracle.core.errors import ModelUnavailable
-from oracle.core.features import FEATURE_SCHEMA_VERSION, N_FEATURES, N_TARGETS
+from oracle.core.features import (
+    N_TARGETS,
+    SUPPORTED_FEATURE_SCHEMAS,
+    n_inputs,
+)
 from oracle.core.network import Network
 
 # Bump when the layout of the zip or the meaning of a manifest field changes.
@@ -59,7 +63,8 @@ def dump(
     packed = buffer.getvalue()
     stored = dict(manifest)
     stored["bundle_schema_version"] = BUNDLE_SCHEMA_VERSION
-    stored["feature_schema_version"] = FEATURE_SCHEMA_VERSION
+    # A manifest that does not say reads the history alone, as BundlePredictor assumes.
+    stored["feature_schema_version"] = manifest.get("feature_schema_version", 1)
     stored["weights_sha256"] = hashlib.sha256(packed).hexdigest()
     _check_manifest(stored)
     out = io.BytesIO()
@@ -110,19 +115,25 @@ def load(artifact: bytes) -> Bundle:
 
 def check_compatible(manifest: Mapping[str, Any]) -> None:
     """Raise ModelUnavailable unless this code can serve a bundle with that manifest."""
-    for key, wanted in (
-        ("bundle_schema_version", BUNDLE_SCHEMA_VERSION),
-        ("feature_schema_version", FEATURE_SCHEMA_VERSION),
-    ):
-        if manifest.get(key) != wanted:
-            raise ModelUnavailable(f"{key} is {manifest.get(key)!r}; this code reads {wanted}")
+    version = manifest.get("bundle_schema_version")
+    if version != BUNDLE_SCHEMA_VERSION:
+        raise ModelUnavailable(
+            f"bundle_schema_version is {version!r}; this code reads {BUNDLE_SCHEMA_VERSION}"
+        )
+    features = manifest.get("feature_schema_version")
+    if features not in SUPPORTED_FEATURE_SCHEMAS or isinstance(features, bool):
+        raise ModelUnavailable(
+            f"feature_schema_version is {features!r}; this code reads "
+            f"{', '.join(map(str, SUPPORTED_FEATURE_SCHEMAS))}"
+        )
 
 
 def _check_manifest(manifest: Mapping[str, Any]) -> None:
     check_compatible(manifest)
     architecture = manifest["architecture"]
-    if int(architecture["n_inputs"]) != N_FEATURES:
-        raise ValueError(f"the model takes {architecture['n_inputs']} features, not {N_FEATURES}")
+    width = n_inputs(int(manifest["feature_schema_version"]))
+    if int(architecture["n_inputs"]) != width:
+        raise ValueError(f"the model takes {architecture['n_inputs']} features, not {width}")
     levels = [float(q) for q in manifest["quantile_levels"]]
     if levels != sorted(set(levels)) or not all(0 < q < 1 for q in levels) or 0.5 not in levels:
         raise ValueError(f"quantile levels {levels} must be increasing in (0, 1) and hold 0.5")

@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeDecorator
 
 from oracle.core.errors import Conflict, NotFound
+from oracle.core.features import encode_context
 from oracle.core.reference import HistoryRow, history_array
 from oracle.core.scoring import StudyPolicy
 from oracle.core.tables import Checkpoint, Run, Study, utcnow
@@ -494,6 +495,14 @@ class RunState:
     # `history` as history_array rows, kept between checkpoints so that the next one costs one
     # row, not the whole history; rebuilt whenever its length disagrees with `history`.
     _array: np.ndarray | None = field(default=None, repr=False, compare=False)
+    _context: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def context(self) -> np.ndarray:
+        """The run's configuration and length as the model reads them, made once per run."""
+        if self._context is None:
+            self._context = encode_context(self.config, self.max_epochs)
+            self._context.flags.writeable = False
+        return self._context
 
     def history_with(self, point: HistoryRow) -> np.ndarray:
         """The history with `point` after it, as a read-only history_array."""

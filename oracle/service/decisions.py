@@ -10,6 +10,7 @@ from typing import Any
 from oracle.core import store
 from oracle.core.db import Database
 from oracle.core.errors import Conflict, InvalidInput
+from oracle.core.features import encode_context
 from oracle.core.policy import Situation, Verdict, chain_for, decide
 from oracle.core.reference import history_array
 from oracle.core.store import Metrics
@@ -73,6 +74,7 @@ def _record(
             policy=policy,
             thresholds=reference.thresholds(policy),
             predictor=models.current,
+            context=encode_context(run.config, run.max_epochs),
         )
         verdict = decide(chain_for(policy.decider), situation)
         row = row_of_verdict(body, observed, run.max_epochs, verdict)

@@ -467,6 +467,7 @@ class Recorder:
             policy=policy,
             thresholds=thresholds,
             predictor=self.models.current,
+            context=state.context(),
         )
         return state, point, observed, situation
 
@@ -492,6 +493,7 @@ class Recorder:
         forecasts = many(
             [situations[k].history for k in wanted],
             [(w.mqe, w.topographic_error, w.dead_neuron_ratio) for w in weights],
+            [situations[k].context for k in wanted],
         )
         out = list(situations)
         for k, forecast in zip(wanted, forecasts, strict=True):

@@ -13,7 +13,6 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
-    field_validator,
     model_validator,
 )
 
@@ -89,26 +88,30 @@ class StudyList(BaseModel):
 # --- runs ------------------------------------------------------------------------------------
 
 
+def _bounded_config(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is None:
+        return value
+    if _depth(value) > MAX_CONFIG_DEPTH:
+        raise ValueError(f"config may nest at most {MAX_CONFIG_DEPTH} levels")
+    try:
+        size = len(json.dumps(value, allow_nan=False))
+    except ValueError as e:
+        raise ValueError("config may not hold NaN or Infinity") from e
+    if size > MAX_CONFIG_BYTES:
+        raise ValueError(f"config is {size} bytes as JSON; at most {MAX_CONFIG_BYTES}")
+    return value
+
+
+# A run's configuration as its worker chose it (free-form JSON, bounded in depth and size); the
+# model reads the MiniSom parameters it knows (oracle.core.features.CONTEXT_CHOICES).
+RunConfig = Annotated[dict[str, Any] | None, AfterValidator(_bounded_config)]
+
+
 class RunCreate(Strict):
     study_id: Identifier
     max_epochs: Annotated[int, Field(ge=1, le=MAX_EPOCHS)]
-    config: dict[str, Any] | None = None
+    config: RunConfig = None
     dataset: Annotated[str, StringConstraints(max_length=128)] | None = None
-
-    @field_validator("config")
-    @classmethod
-    def _bounded_config(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is None:
-            return value
-        if _depth(value) > MAX_CONFIG_DEPTH:
-            raise ValueError(f"config may nest at most {MAX_CONFIG_DEPTH} levels")
-        try:
-            size = len(json.dumps(value, allow_nan=False))
-        except ValueError as e:
-            raise ValueError("config may not hold NaN or Infinity") from e
-        if size > MAX_CONFIG_BYTES:
-            raise ValueError(f"config is {size} bytes as JSON; at most {MAX_CONFIG_BYTES}")
-        return value
 
 
 class Metrics(BaseModel):
@@ -207,6 +210,9 @@ class PredictIn(Strict):
         ]
         | None
     ) = None
+    # The run's configuration, as `PUT /v1/runs/{id}` takes it: a model that reads it
+    # (feature schema 2) forecasts the run as configured; without it, as one of unknown config.
+    config: RunConfig = None
 
     @model_validator(mode="after")
     def _consistent(self) -> PredictIn:

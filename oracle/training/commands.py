@@ -14,6 +14,7 @@ from typing import Any
 from oracle.core import bundle, registry
 from oracle.core.db import DEFAULT_DATABASE_URL, Database
 from oracle.core.errors import InvalidInput, NotFound
+from oracle.core.features import encode_context
 from oracle.core.forecast import BundlePredictor
 from oracle.core.policy import Situation, chain_for, decide
 from oracle.core.reference import ReferenceSet, history_array
@@ -187,7 +188,8 @@ def predict(
     rows.sort()
     history = history_array(rows, max_epochs)
     predictor = _load(model, database_url)
-    prediction = predictor.predict(history, weights)
+    context = encode_context(data.get("config"), max_epochs)  # the run's config, if the file has it
+    prediction = predictor.predict(history, weights, context)
     out: dict[str, Any] = {
         "predicted_final": dict(
             zip(("mqe", "topographic_error", "dead_neuron_ratio"), prediction.final, strict=True)
@@ -212,6 +214,7 @@ def predict(
                 policy=policy,
                 thresholds=ReferenceSet().thresholds(policy),
                 predictor=predictor,
+                context=context,
             ),
         )
         out.update(action=verdict.action, policy=verdict.policy, reason=verdict.reason)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from oracle.core.features import FEATURE_SCHEMA_VERSION, SUPPORTED_FEATURE_SCHEMAS
+
 ARCHITECTURES = ("standard", "bidirectional", "lite", "attention")
 
 
@@ -47,6 +49,12 @@ class TrainConfig:
     # misjudges most: on a 5-fold backtest of the 600 shipped runs, x1 kept 85% of the best
     # 10%, x2 kept 95% while still saving 50% of the epochs (bench/RESULTS-model.md).
     interval_safety: float = 2.0
+    # 2: the model reads each run's configuration and length beside its history (what the
+    # worker sent in `config`); 1: the history alone (oracle.core.features).
+    feature_schema: int = FEATURE_SCHEMA_VERSION
+    # The share of training runs shown without their configuration (seeded), so that the model
+    # learns to answer the runs whose worker sends none, as it will be asked to.
+    context_dropout: float = 0.2
     # Runs with more checkpoints are thinned to this many for training (serving takes any
     # length): a worker that checkpoints every epoch of 300 would otherwise slow training 20x.
     max_steps: int = 64
@@ -65,6 +73,10 @@ class TrainConfig:
             raise ValueError("validation_share + test_share must lie in (0, 1)")
         if 0.5 not in self.quantile_levels:
             raise ValueError("quantile_levels must hold 0.5 (the point prediction)")
+        if self.feature_schema not in SUPPORTED_FEATURE_SCHEMAS:
+            raise ValueError(f"feature_schema must be one of {SUPPORTED_FEATURE_SCHEMAS}")
+        if not 0 <= self.context_dropout < 1:
+            raise ValueError("context_dropout must lie in [0, 1)")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be positive")
 

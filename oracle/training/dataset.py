@@ -19,7 +19,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from oracle.core import store
-from oracle.core.features import N_FEATURES, N_TARGETS, encode_history, encode_targets
+from oracle.core.features import (
+    N_TARGETS,
+    encode_context,
+    encode_history,
+    encode_targets,
+    n_inputs,
+    with_context,
+)
 from oracle.core.scoring import Weights
 from oracle.core.tables import Run, Study
 
@@ -38,6 +45,12 @@ class RunRecord:
     epochs: np.ndarray  # (n,) int
     history: np.ndarray  # (n, 4): progress, mqe, te, dead; NaN = non-finite
     final: np.ndarray  # (3,): NaN where the map produced no finite final
+    config: dict[str, Any] | None = None  # as the worker sent it; None: unknown
+
+    @property
+    def context(self) -> np.ndarray:
+        """The run's configuration and length as a model of feature schema 2 reads them."""
+        return encode_context(self.config, self.max_epochs)
 
     @property
     def trainable(self) -> bool:
@@ -73,7 +86,12 @@ def _metric(value: Any) -> float:
 
 
 def _record(
-    run_id: str, group: str, max_epochs: int, rows: Sequence[tuple[int, Any, Any, Any]], final: Any
+    run_id: str,
+    group: str,
+    max_epochs: int,
+    rows: Sequence[tuple[int, Any, Any, Any]],
+    final: Any,
+    config: Any = None,
 ) -> RunRecord:
     rows = sorted(rows, key=lambda r: r[0])
     epochs = np.array([int(r[0]) for r in rows], dtype=np.int64)
@@ -82,7 +100,13 @@ def _record(
         dtype=np.float64,
     ).reshape(-1, 4)
     return RunRecord(
-        run_id, group, max_epochs, epochs, history, np.array([_metric(v) for v in final])
+        run_id,
+        group,
+        max_epochs,
+        epochs,
+        history,
+        np.array([_metric(v) for v in final]),
+        config if isinstance(config, dict) else None,
     )
 
 
@@ -98,6 +122,7 @@ def _from_json_line(obj: dict[str, Any]) -> RunRecord:
         int(obj["max_epochs"]),
         rows,
         [final.get("mqe"), final.get("topographic_error"), final.get("dead_neuron_ratio")],
+        obj.get("config"),
     )
 
 
@@ -156,6 +181,7 @@ def load_database(session: Session, max_runs: int) -> tuple[list[RunRecord], dic
             Run.final_mqe,
             Run.final_topographic_error,
             Run.final_dead_neuron_ratio,
+            Run.config,
         )
         .join(Study, Study.pk == Run.study_pk)
         .where(Run.pk.in_(select(pks.c.pk)))
@@ -169,6 +195,7 @@ def load_database(session: Session, max_runs: int) -> tuple[list[RunRecord], dic
             r.max_epochs,
             rows[r.pk],
             [r.final_mqe, r.final_topographic_error, r.final_dead_neuron_ratio],
+            r.config,
         )
         for r in runs
         if rows[r.pk]
@@ -255,28 +282,47 @@ def _thinned(run: RunRecord, max_steps: int) -> np.ndarray:
     return run.history[keep]
 
 
-def step_arrays(runs: Sequence[RunRecord], max_steps: int) -> Arrays:
-    """For causal models: one padded sequence per run, a target at every step."""
+def step_arrays(
+    runs: Sequence[RunRecord],
+    max_steps: int,
+    schema: int = 1,
+    context_dropout: float = 0.0,
+    seed: int = 0,
+) -> Arrays:
+    """For causal models: one padded sequence per run, a target at every step. Under feature
+    schema 2 each row carries the run's context; `context_dropout` of the runs (seeded) are
+    shown as if their worker had sent no configuration."""
     runs = [r for r in runs if r.trainable]
     histories = [_thinned(r, max_steps) for r in runs]
     length = max((h.shape[0] for h in histories), default=1)
-    x = np.full((len(runs), length, N_FEATURES), MASK_VALUE, dtype=np.float32)
+    hidden = np.random.default_rng(seed).random(len(runs)) < context_dropout
+    x = np.full((len(runs), length, n_inputs(schema)), MASK_VALUE, dtype=np.float32)
     y = np.zeros((len(runs), length, N_TARGETS), dtype=np.float32)
     weight = np.zeros((len(runs), length), dtype=np.float32)
     for i, (run, history) in enumerate(zip(runs, histories, strict=True)):
         n = history.shape[0]
-        x[i, :n] = encode_history(history)
+        rows = encode_history(history)
+        if schema >= 2:
+            context = encode_context(None, run.max_epochs) if hidden[i] else run.context
+            rows = with_context(rows, context)
+        x[i, :n] = rows
         y[i, :n] = encode_targets(history, run.final)
         weight[i, :n] = 1.0
     return Arrays(x, y, weight)
 
 
-def prefix_arrays(runs: Sequence[RunRecord], max_steps: int) -> Arrays:
+def prefix_arrays(
+    runs: Sequence[RunRecord],
+    max_steps: int,
+    schema: int = 1,
+    context_dropout: float = 0.0,
+    seed: int = 0,
+) -> Arrays:
     """For models that see the whole input (bidirectional): every prefix as its own sample."""
-    steps = step_arrays(runs, max_steps)
+    steps = step_arrays(runs, max_steps, schema, context_dropout, seed)
     lengths = steps.weight.sum(axis=1).astype(int)
     total = int(lengths.sum())
-    x = np.full((total, steps.x.shape[1], N_FEATURES), MASK_VALUE, dtype=np.float32)
+    x = np.full((total, *steps.x.shape[1:]), MASK_VALUE, dtype=np.float32)
     y = np.zeros((total, N_TARGETS), dtype=np.float32)
     row = 0
     for i, n in enumerate(lengths):

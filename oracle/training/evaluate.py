@@ -62,7 +62,7 @@ def _step_table(
         w = _weights_vector(weights[run.group])
         truth = np.minimum(run.final * np.array([w[0], 1.0, 1.0]), ERROR_CAP)
         true_score = min(float(run.final @ w), ERROR_CAP)
-        quantiles = predictor.quantiles_by_step(run.history)  # (n, 3, Q)
+        quantiles = predictor.quantiles_by_step(run.history, run.context)  # (n, 3, Q)
         scores = np.minimum(predictor.score_quantiles(quantiles, w), ERROR_CAP)  # (n, Q)
         for k in range(len(run.history)):
             if run.history[k, 0] >= 1.0:
@@ -190,6 +190,7 @@ class ChainDecider:
             policy=policy,
             thresholds=reference.thresholds(policy),
             predictor=self.predictor_for(run),
+            context=run.context,
         )
         return decide(self.chain, situation).action == "stop"
 

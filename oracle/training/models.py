@@ -18,8 +18,11 @@ if TYPE_CHECKING:
     import keras
 
 
-def architecture(name: str, n_outputs: int, dropout: float, width: float = 1.0) -> dict[str, Any]:
-    """The layer list of a named architecture, ending in `n_outputs` linear units.
+def architecture(
+    name: str, n_outputs: int, dropout: float, width: float = 1.0, n_inputs: int = N_FEATURES
+) -> dict[str, Any]:
+    """The layer list of a named architecture, ending in `n_outputs` linear units, reading
+    rows of `n_inputs` features (features.n_inputs of the feature schema).
 
     `width` scales every hidden layer (tests train a narrow copy of the same architecture).
     """
@@ -61,7 +64,7 @@ def architecture(name: str, n_outputs: int, dropout: float, width: float = 1.0) 
     else:
         raise ValueError(f"unknown architecture {name!r}")
     causal = all(layer["kind"] != "bilstm" for layer in layers)
-    return {"name": name, "n_inputs": N_FEATURES, "causal": causal, "layers": layers}
+    return {"name": name, "n_inputs": n_inputs, "causal": causal, "layers": layers}
 
 
 def build(spec: dict[str, Any], seed: int) -> keras.Model:

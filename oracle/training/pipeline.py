@@ -80,6 +80,7 @@ def run(
 
     manifest: dict[str, Any] = {
         "architecture": trained.spec,
+        "feature_schema_version": config.feature_schema,
         "quantile_levels": list(config.quantile_levels),
         "interval_scale": 1.0,
     }

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import structlog
 
-from oracle.core.features import N_TARGETS
+from oracle.core.features import N_TARGETS, n_inputs
 from oracle.training import models
 from oracle.training.config import TrainConfig
 from oracle.training.dataset import Arrays, RunRecord, prefix_arrays, step_arrays
@@ -49,9 +49,15 @@ def pinball_loss(levels: Sequence[float]) -> Any:
     return pinball
 
 
-def arrays_for(spec: dict[str, Any], runs: Sequence[RunRecord], max_steps: int) -> Arrays:
+def arrays_for(
+    spec: dict[str, Any],
+    runs: Sequence[RunRecord],
+    config: TrainConfig,
+    context_dropout: float = 0.0,
+) -> Arrays:
     """Causal models learn from every prefix in one pass; others need explicit prefixes."""
-    return step_arrays(runs, max_steps) if spec["causal"] else prefix_arrays(runs, max_steps)
+    make = step_arrays if spec["causal"] else prefix_arrays
+    return make(runs, config.max_steps, config.feature_schema, context_dropout, config.seed)
 
 
 def fit(
@@ -65,9 +71,15 @@ def fit(
 
     started = time.perf_counter()
     levels = config.quantile_levels
-    spec = models.architecture(config.model, N_TARGETS * len(levels), config.dropout, config.width)
-    fit_arrays = arrays_for(spec, train, config.max_steps)
-    val_arrays = arrays_for(spec, validation, config.max_steps)
+    spec = models.architecture(
+        config.model,
+        N_TARGETS * len(levels),
+        config.dropout,
+        config.width,
+        n_inputs(config.feature_schema),
+    )
+    fit_arrays = arrays_for(spec, train, config, config.context_dropout)
+    val_arrays = arrays_for(spec, validation, config)
     if len(fit_arrays.x) == 0 or len(val_arrays.x) == 0:
         raise ValueError("training needs finished runs in both the train and validation split")
 

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from oracle.core.features import (
+    CONTEXT,
+    CONTEXT_CHOICES,
     LOG_RATIO_LIMIT,
+    N_CONTEXT,
     N_FEATURES,
     N_TARGETS,
     current_metrics,
     decode_targets,
+    encode_context,
     encode_history,
     encode_last,
     encode_targets,
+    n_inputs,
+    with_context,
 )
 
 finite_mqe = st.floats(1e-3, 1e3)
@@ -123,3 +130,86 @@ def test_a_malformed_history_is_refused() -> None:
         except ValueError:
             continue
         raise AssertionError(f"accepted shape {bad.shape}")
+
+
+# --- the run's context (feature schema 2) ------------------------------------------------------
+
+MINISOM_CONFIG = {
+    "x": 14,
+    "y": 15,
+    "sigma": 1.4615,
+    "learning_rate": 0.40138,
+    "neighborhood_function": "triangle",
+    "topology": "hexagonal",
+    "activation_distance": "manhattan",
+    "decay_function": "linear_decay_to_zero",
+    "sigma_decay_function": "asymptotic_decay",
+    "init": "pca",
+    "max_epochs": 20,
+    "init_seed": 553228733,
+}
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from([*MINISOM_CONFIG, "other"]) | st.text(max_size=10), json_values
+    ),
+    st.integers(1, 100_000),
+)
+def test_any_config_encodes_to_a_finite_context(config: dict[str, object], max_epochs: int) -> None:
+    context = encode_context(config, max_epochs)
+    assert context.shape == (N_CONTEXT,)
+    assert np.all(np.isfinite(context))
+    assert np.all(np.abs(context) <= LOG_RATIO_LIMIT)
+
+
+positive = st.floats(5e-324, 1.7e308) | st.sampled_from([5e-324, 1e-200, 1e200, 1.7e308])
+
+
+@given(positive, positive, positive, positive)
+def test_extreme_numbers_stay_within_the_limit(x: float, y: float, sigma: float, rate: float):
+    context = encode_context({"x": x, "y": y, "sigma": sigma, "learning_rate": rate}, 10)
+    assert np.all(np.isfinite(context)) and np.all(np.abs(context) <= LOG_RATIO_LIMIT)
+
+
+def test_a_minisom_config_sets_its_numbers_and_one_choice_per_parameter() -> None:
+    context = dict(zip(CONTEXT, encode_context(MINISOM_CONFIG, 20), strict=True))
+    assert context["config_known"] == 1.0
+    assert context["log_max_epochs"] == pytest.approx(np.log10(20) / 3)
+    assert context["log_map_size"] == pytest.approx(np.log(14 * 15) / 5)
+    assert context["sigma_per_side"] == pytest.approx(1.4615 / 15)
+    assert context["log_learning_rate"] == pytest.approx(np.log10(0.40138))
+    for key, values in CONTEXT_CHOICES.items():
+        hot = [v for v in values if context[f"{key}={v}"] == 1.0]
+        assert hot == [MINISOM_CONFIG[key]]
+    assert sum(context[name] for name in CONTEXT if "=" in name) == len(CONTEXT_CHOICES)
+
+
+def test_what_is_missing_or_unknown_encodes_as_zeros() -> None:
+    unknown = encode_context(None, 50)
+    assert unknown[0] == pytest.approx(np.log10(50) / 3)  # the run's length is always known
+    assert not unknown[1:].any()
+    assert not encode_context({"x": "14", "y": 15, "sigma": 1, "learning_rate": 0.1}, 50)[1:].any()
+    assert not encode_context({"x": True, "y": 15, "sigma": 1, "learning_rate": 0.1}, 50)[1:].any()
+    assert not encode_context({"x": -1, "y": 15, "sigma": 1, "learning_rate": 0.1}, 50)[1:].any()
+    odd = encode_context({"topology": "toroidal", "init": "PCA", "decay_function": 3}, 50)
+    assert not odd[1:].any()
+
+
+def test_rows_carry_the_context_after_the_history_features() -> None:
+    history = np.array([[0.1, 2.0, 0.3, 0.1], [0.2, 1.5, 0.25, 0.1]])
+    rows = encode_history(history)
+    context = encode_context(MINISOM_CONFIG, 20)
+    wide = with_context(rows, context)
+    assert wide.shape == (2, n_inputs(2)) and n_inputs(1) == N_FEATURES
+    np.testing.assert_array_equal(wide[:, :N_FEATURES], rows)
+    np.testing.assert_array_equal(wide[:, N_FEATURES:], np.tile(context, (2, 1)))
+    assert not with_context(rows, None)[:, N_FEATURES:].any()

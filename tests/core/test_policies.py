@@ -116,7 +116,7 @@ class FixedPredictor:
     def __init__(self, quantiles: dict[float, float]) -> None:
         self.quantiles = quantiles
 
-    def predict(self, history: np.ndarray, weights: object) -> Prediction:
+    def predict(self, history: np.ndarray, weights: object, context: object = None) -> Prediction:
         return Prediction((1.0, 0.2, 0.1), self.quantiles[0.5], self.quantiles, self.version)
 
 

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy.orm import Session
 
 from oracle.core import bundle
-from oracle.core.features import N_FEATURES, N_TARGETS
+from oracle.core.features import FEATURE_SCHEMA_VERSION, N_TARGETS, n_inputs
 from oracle.core.tables import Checkpoint, Run, Study
 from oracle.training.config import TrainConfig
 from oracle.training.dataset import RunRecord, load_file
@@ -66,10 +66,16 @@ def random_weights(
     return weights
 
 
-def random_bundle(name: str = "lite", width: float = 0.25, seed: int = 0) -> bytes:
-    spec = architecture(name, N_TARGETS * len(LEVELS), 0.0, width)
-    assert spec["n_inputs"] == N_FEATURES
-    manifest = {"architecture": spec, "quantile_levels": list(LEVELS), "interval_scale": 1.0}
+def random_bundle(
+    name: str = "lite", width: float = 0.25, seed: int = 0, schema: int = FEATURE_SCHEMA_VERSION
+) -> bytes:
+    spec = architecture(name, N_TARGETS * len(LEVELS), 0.0, width, n_inputs(schema))
+    manifest = {
+        "architecture": spec,
+        "feature_schema_version": schema,
+        "quantile_levels": list(LEVELS),
+        "interval_scale": 1.0,
+    }
     artifact, _ = bundle.dump(manifest, random_weights(spec, seed))
     return artifact
 
@@ -84,6 +90,7 @@ def store_runs(session: Session, runs: list[RunRecord], status: str) -> None:
             run_id=run.run_id,
             study_pk=study.pk,
             max_epochs=run.max_epochs,
+            config=run.config,
             status=status,
             final_mqe=None if np.isnan(run.final[0]) else float(run.final[0]),
             final_topographic_error=None if np.isnan(run.final[1]) else float(run.final[1]),

@@ -86,6 +86,8 @@ def test_seed_csv_and_json_lines_read_the_same_run(tmp_path: Path, runs: list[Ru
     np.testing.assert_allclose(loaded.history, run.history)
     np.testing.assert_allclose(loaded.final, run.final)
     assert loaded.trainable
+    # The seed's CSV has no configuration: the run is one of unknown config.
+    assert run.config is not None and loaded.config is None
 
 
 def test_database_gives_finished_runs_only(database_url: str, runs: list[RunRecord]) -> None:
@@ -109,4 +111,6 @@ def test_database_gives_finished_runs_only(database_url: str, runs: list[RunReco
     assert all(r.group == "s1" and r.trainable for r in loaded)
     for got, want in zip(loaded, finished, strict=True):
         np.testing.assert_allclose(got.history, want.history)
+        assert got.config == want.config and got.config is not None  # what the model reads
+        np.testing.assert_array_equal(got.context, want.context)
     assert snapshot["n_runs"] == 12

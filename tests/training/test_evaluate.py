@@ -84,7 +84,9 @@ def test_backtest_regret_of_a_group_that_lost_every_run_is_null_not_infinite(
     class Doom:
         version = "doom"
 
-        def predict(self, history: np.ndarray, weights: object) -> Prediction:
+        def predict(
+            self, history: np.ndarray, weights: object, context: object = None
+        ) -> Prediction:
             return Prediction((1e3, 1.0, 1.0), 1e3, {0.1: 1e3, 0.5: 1e3, 0.9: 1e3}, "doom")
 
     runs = [r for r in small_runs if r.trainable][:12]

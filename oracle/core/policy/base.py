@@ -54,7 +54,11 @@ class Predictor(Protocol):
 
     version: str
 
-    def predict(self, history: np.ndarray, weights: Sequence[float]) -> Prediction: ...
+    def predict(
+        self, history: np.ndarray, weights: Sequence[float], context: np.ndarray | None = None
+    ) -> Prediction:
+        """`context`: features.encode_context of the run (None: its configuration is unknown)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,8 @@ class Situation:
     predictor: Predictor | None = None
     # The forecast, when the caller made it already (the writer forecasts a batch at once).
     forecast: Prediction | None = None
+    # The run's configuration and length as the model reads them (features.encode_context).
+    context: np.ndarray | None = None
 
     @property
     def progress(self) -> float:
@@ -84,6 +90,7 @@ class Situation:
             thresholds=self.thresholds,
             predictor=self.predictor,
             forecast=forecast,
+            context=self.context,
         )
 
     def scores(self) -> np.ndarray:
@@ -98,7 +105,7 @@ class Situation:
             return None
         w = self.policy.weights
         return self.predictor.predict(
-            self.history, (w.mqe, w.topographic_error, w.dead_neuron_ratio)
+            self.history, (w.mqe, w.topographic_error, w.dead_neuron_ratio), self.context
         )
 
 

@@ -6,6 +6,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 
 from oracle.core.errors import ModelUnavailable
+from oracle.core.features import encode_context
 from oracle.core.reference import history_array
 from oracle.core.scoring import Weights
 from oracle.service.auth import Principal, Role, require
@@ -40,7 +41,7 @@ async def predict(
             Weights().dead_neuron_ratio,
         )
     )
-    p = predictor.predict(history, weights)
+    p = predictor.predict(history, weights, encode_context(body.config, body.max_epochs))
     return PredictionPublic(
         predicted_final=Metrics(
             mqe=p.final[0], topographic_error=p.final[1], dead_neuron_ratio=p.final[2]

@@ -1,6 +1,7 @@
 """Serving speed: the NumPy predictor vs Keras `model.predict` on the same weights.
 
     python bench/inference_speed.py [--steps 16] [--keras-calls 30] [--numpy-calls 2000]
+                                    [--feature-schema 2]
 
 Per architecture: median seconds of one prediction for a history of `--steps` checkpoints by
 Keras predict, by the NumPy predictor over the whole history, and by the NumPy predictor when
@@ -18,12 +19,33 @@ from collections.abc import Callable
 import numpy as np
 
 from oracle.core.bundle import Bundle
-from oracle.core.features import N_TARGETS, encode_history
+from oracle.core.features import (
+    FEATURE_SCHEMA_VERSION,
+    N_TARGETS,
+    encode_context,
+    encode_history,
+    n_inputs,
+    with_context,
+)
 from oracle.core.forecast import BundlePredictor
 from oracle.training import models
 from oracle.training.config import TrainConfig
 
 WEIGHTS = (1.0, 1.0, 0.5)
+# A run as a worker describes it (the first run of the shared data).
+MAX_EPOCHS = 20
+CONFIG = {
+    "x": 14,
+    "y": 15,
+    "sigma": 1.4615,
+    "learning_rate": 0.40138,
+    "neighborhood_function": "triangle",
+    "topology": "rectangular",
+    "activation_distance": "manhattan",
+    "decay_function": "linear_decay_to_zero",
+    "sigma_decay_function": "asymptotic_decay",
+    "init": "random",
+}
 
 
 def median_seconds(call: Callable[[], object], n: int) -> float:
@@ -48,6 +70,12 @@ def main() -> None:
     parser.add_argument("--keras-calls", type=int, default=30)
     parser.add_argument("--numpy-calls", type=int, default=2000)
     parser.add_argument("--models", default="lite,standard,attention,bidirectional")
+    parser.add_argument(
+        "--feature-schema",
+        type=int,
+        default=FEATURE_SCHEMA_VERSION,
+        help="2: rows carry the run's configuration (the default model); 1: the history alone",
+    )
     args = parser.parse_args()
     levels = TrainConfig().quantile_levels
     history = history_of(args.steps)
@@ -58,27 +86,43 @@ def main() -> None:
     print("| model | Keras predict | NumPy, whole history | ratio | NumPy, state carried | ratio |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name in args.models.split(","):
-        print(row(name, levels, history, args.keras_calls, args.numpy_calls), flush=True)
+        line = row(name, levels, history, args.keras_calls, args.numpy_calls, args.feature_schema)
+        print(line, flush=True)
 
 
-def row(name: str, levels: tuple[float, ...], history: np.ndarray, n_keras: int, n_np: int) -> str:
-    x = encode_history(history)[None].astype(np.float32)
-    spec = models.architecture(name, N_TARGETS * len(levels), 0.2)
+def row(
+    name: str,
+    levels: tuple[float, ...],
+    history: np.ndarray,
+    n_keras: int,
+    n_np: int,
+    schema: int = FEATURE_SCHEMA_VERSION,
+) -> str:
+    """One architecture's line, under the feature schema the service serves (by default)."""
+    context = encode_context(CONFIG, MAX_EPOCHS)
+    rows = encode_history(history)
+    x = (with_context(rows, context) if schema >= 2 else rows)[None].astype(np.float32)
+    spec = models.architecture(name, N_TARGETS * len(levels), 0.2, n_inputs=n_inputs(schema))
     model = models.build(spec, seed=1)
-    manifest = {"architecture": spec, "quantile_levels": list(levels), "interval_scale": 1.0}
+    manifest = {
+        "architecture": spec,
+        "feature_schema_version": schema,
+        "quantile_levels": list(levels),
+        "interval_scale": 1.0,
+    }
     weights = models.export_weights(model, spec)
     full = BundlePredictor("bench", Bundle(manifest, weights), cache_runs=0)
     carried = BundlePredictor("bench", Bundle(manifest, weights))
     keras_s = median_seconds(lambda: model.predict(x, verbose=0), n_keras)
-    full_s = median_seconds(lambda: full.predict(history, WEIGHTS), n_np)
+    full_s = median_seconds(lambda: full.predict(history, WEIGHTS, context), n_np)
     step_s = full_s
     if carried.network.causal:
         times = []
         for _ in range(n_np):
             carried._cache.clear()
-            carried.predict(history[:-1], WEIGHTS)  # the run's previous checkpoint
+            carried.predict(history[:-1], WEIGHTS, context)  # the run's previous checkpoint
             started = time.perf_counter()
-            carried.predict(history, WEIGHTS)
+            carried.predict(history, WEIGHTS, context)
             times.append(time.perf_counter() - started)
         step_s = statistics.median(times)
     return (

@@ -189,7 +189,10 @@ def _positive(config: Mapping[str, Any], key: str) -> float | None:
     value = config.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # a JSON integer beyond any float: no map is that large
+        return None
     return number if math.isfinite(number) and number > 0 else None
 
 

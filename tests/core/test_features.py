@@ -202,6 +202,9 @@ def test_what_is_missing_or_unknown_encodes_as_zeros() -> None:
     assert not encode_context({"x": -1, "y": 15, "sigma": 1, "learning_rate": 0.1}, 50)[1:].any()
     odd = encode_context({"topology": "toroidal", "init": "PCA", "decay_function": 3}, 50)
     assert not odd[1:].any()
+    # JSON integers have no bound: one beyond any float is not a number the model can read.
+    huge = {"x": 10**400, "y": 15, "sigma": 1, "learning_rate": 0.1}
+    assert not encode_context(huge, 50)[1:].any()
 
 
 def test_rows_carry_the_context_after_the_history_features() -> None:

@@ -104,3 +104,21 @@ def test_predict_takes_the_runs_configuration(database_url: str) -> None:
         assert "nest" in refused.text
         refused = client.post("/v1/predict", json={**body, "config": [1, 2]})
         assert refused.status_code == 422
+
+
+def test_a_config_the_model_cannot_read_is_stored_and_forecast_as_unknown(
+    database_url: str,
+) -> None:
+    """Free-form JSON, stored as sent; numbers beyond any float or of the wrong type are not
+    read (a JSON integer has no bound), never a 500."""
+    reference = _publish(database_url)
+    odd = {"x": 10**400, "y": "15", "sigma": [1], "learning_rate": None, "topology": 3}
+    with TestClient(create_app(settings_for(database_url)), headers=auth("worker")) as client:
+        body = {"study_id": "ctx", "max_epochs": MAX_EPOCHS, "config": odd}
+        assert client.put("/v1/runs/odd", json=body).status_code == 201
+        decision = client.post("/v1/runs/odd/checkpoints", json=POINTS[0])
+        assert decision.status_code == 200, decision.text
+        assert np.isclose(
+            decision.json()["predicted_score"], _expected(reference, 1, None), atol=1e-5
+        )
+        assert client.get("/v1/runs/odd").json()["config"] == odd

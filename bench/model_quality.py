@@ -122,6 +122,12 @@ def main() -> None:
         default=TrainConfig.feature_schema,
         help="2: the model reads each run's configuration; 1: its history alone",
     )
+    parser.add_argument(
+        "--context-dropout",
+        type=float,
+        default=TrainConfig.context_dropout,
+        help="share of training runs shown without their configuration (schema 2)",
+    )
     args = parser.parse_args()
     if args.bundle:
         held_out(args.bundle, args.data, args.confidence)
@@ -131,6 +137,7 @@ def main() -> None:
             epochs=args.epochs,
             seed=args.seed,
             feature_schema=args.feature_schema,
+            context_dropout=args.context_dropout,
         )
         cross_validated(config, args.data, args.folds, args.confidence)
     if not (args.bundle or args.folds):

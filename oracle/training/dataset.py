@@ -282,27 +282,29 @@ def _thinned(run: RunRecord, max_steps: int) -> np.ndarray:
     return run.history[keep]
 
 
-def step_arrays(
-    runs: Sequence[RunRecord],
-    max_steps: int,
-    schema: int = 1,
-    context_dropout: float = 0.0,
-    seed: int = 0,
-) -> Arrays:
-    """For causal models: one padded sequence per run, a target at every step. Under feature
-    schema 2 each row carries the run's context; `context_dropout` of the runs (seeded) are
-    shown as if their worker had sent no configuration."""
+@dataclass(frozen=True)
+class Inputs:
+    """How runs become input rows: the feature schema, and (schema 2) the share of runs,
+    drawn with `seed`, shown as if their worker had sent no configuration."""
+
+    schema: int = 1
+    context_dropout: float = 0.0
+    seed: int = 0
+
+
+def step_arrays(runs: Sequence[RunRecord], max_steps: int, inputs: Inputs = Inputs()) -> Arrays:
+    """For causal models: one padded sequence per run, a target at every step."""
     runs = [r for r in runs if r.trainable]
     histories = [_thinned(r, max_steps) for r in runs]
     length = max((h.shape[0] for h in histories), default=1)
-    hidden = np.random.default_rng(seed).random(len(runs)) < context_dropout
-    x = np.full((len(runs), length, n_inputs(schema)), MASK_VALUE, dtype=np.float32)
+    hidden = np.random.default_rng(inputs.seed).random(len(runs)) < inputs.context_dropout
+    x = np.full((len(runs), length, n_inputs(inputs.schema)), MASK_VALUE, dtype=np.float32)
     y = np.zeros((len(runs), length, N_TARGETS), dtype=np.float32)
     weight = np.zeros((len(runs), length), dtype=np.float32)
     for i, (run, history) in enumerate(zip(runs, histories, strict=True)):
         n = history.shape[0]
         rows = encode_history(history)
-        if schema >= 2:
+        if inputs.schema >= 2:
             context = encode_context(None, run.max_epochs) if hidden[i] else run.context
             rows = with_context(rows, context)
         x[i, :n] = rows
@@ -311,15 +313,9 @@ def step_arrays(
     return Arrays(x, y, weight)
 
 
-def prefix_arrays(
-    runs: Sequence[RunRecord],
-    max_steps: int,
-    schema: int = 1,
-    context_dropout: float = 0.0,
-    seed: int = 0,
-) -> Arrays:
+def prefix_arrays(runs: Sequence[RunRecord], max_steps: int, inputs: Inputs = Inputs()) -> Arrays:
     """For models that see the whole input (bidirectional): every prefix as its own sample."""
-    steps = step_arrays(runs, max_steps, schema, context_dropout, seed)
+    steps = step_arrays(runs, max_steps, inputs)
     lengths = steps.weight.sum(axis=1).astype(int)
     total = int(lengths.sum())
     x = np.full((total, *steps.x.shape[1:]), MASK_VALUE, dtype=np.float32)

@@ -17,7 +17,7 @@ import structlog
 from oracle.core.features import N_TARGETS, n_inputs
 from oracle.training import models
 from oracle.training.config import TrainConfig
-from oracle.training.dataset import Arrays, RunRecord, prefix_arrays, step_arrays
+from oracle.training.dataset import Arrays, Inputs, RunRecord, prefix_arrays, step_arrays
 
 log = structlog.get_logger()
 
@@ -57,7 +57,7 @@ def arrays_for(
 ) -> Arrays:
     """Causal models learn from every prefix in one pass; others need explicit prefixes."""
     make = step_arrays if spec["causal"] else prefix_arrays
-    return make(runs, config.max_steps, config.feature_schema, context_dropout, config.seed)
+    return make(runs, config.max_steps, Inputs(config.feature_schema, context_dropout, config.seed))
 
 
 def fit(

@@ -225,14 +225,17 @@ def encode_context(config: Mapping[str, Any] | None, max_epochs: int) -> np.ndar
 
 
 def _limit(value: float) -> float:
-    """A context number kept within +-LOG_RATIO_LIMIT: no configuration, however odd, may feed
-    the network a value far outside what it trained on."""
+    """A context number kept within +-LOG_RATIO_LIMIT, like the history's log ratios: an absurd
+    configuration (sigma 1e300) gives the network a bounded input, never an inf."""
     return min(max(value, -LOG_RATIO_LIMIT), LOG_RATIO_LIMIT)
 
 
 def with_context(rows: np.ndarray, context: np.ndarray | None) -> np.ndarray:
-    """Input rows (n, N_FEATURES) -> (n, N_FEATURES + N_CONTEXT), the context on every row
-    (None: an unknown configuration, all zeros)."""
+    """Input rows (n, N_FEATURES) -> (n, N_FEATURES + N_CONTEXT), the context on every row.
+
+    None: nothing is known of the run, all zeros. A caller that knows the run's length passes
+    `encode_context(None, max_epochs)` instead, as the service does and as training hides a
+    config."""
     out = np.zeros((rows.shape[0], N_FEATURES + N_CONTEXT), dtype=np.float64)
     out[:, :N_FEATURES] = rows
     if context is not None:

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from oracle.core.features import encode_context
 from oracle.core.policy import (
     GuardPolicy,
     MedianPolicy,
@@ -173,5 +174,11 @@ def test_a_situation_with_its_forecast_keeps_every_other_field() -> None:
     """`with_forecast` spells out the fields (dataclasses.replace costs more than a decision's
     forecast step); a field added to Situation must be added there too."""
     s = situation([(0.05, 1.0)], predictor=FixedPredictor({0.1: 2.0, 0.5: 2.5, 0.9: 3.0}))
+    s = dataclasses.replace(s, context=encode_context({"x": 5, "y": 5}, 100))
+    unset = [f.name for f in dataclasses.fields(s) if getattr(s, f.name) is None]
+    assert unset == ["forecast"], "give every field a value, so that a forgotten one shows"
     forecast = Prediction((1.0, 0.1, 0.0), 2.5, {0.5: 2.5}, "v1")
-    assert s.with_forecast(forecast) == dataclasses.replace(s, forecast=forecast)
+    made, replaced = s.with_forecast(forecast), dataclasses.replace(s, forecast=forecast)
+    assert made == replaced
+    for f in dataclasses.fields(s):
+        assert getattr(made, f.name) is getattr(replaced, f.name), f.name

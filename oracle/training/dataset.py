@@ -11,6 +11,7 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +48,10 @@ class RunRecord:
     final: np.ndarray  # (3,): NaN where the map produced no finite final
     config: dict[str, Any] | None = None  # as the worker sent it; None: unknown
 
-    @property
+    @cached_property
     def context(self) -> np.ndarray:
-        """The run's configuration and length as a model of feature schema 2 reads them."""
+        """The run's configuration and length as a model of feature schema 2 reads them; made
+        once (the backtest asks at every checkpoint of every run)."""
         return encode_context(self.config, self.max_epochs)
 
     @property

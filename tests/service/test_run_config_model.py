@@ -3,6 +3,7 @@ with the `config` its worker sent, on the batch path, after a restart, and by /v
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -104,6 +105,22 @@ def test_predict_takes_the_runs_configuration(database_url: str) -> None:
         assert "nest" in refused.text
         refused = client.post("/v1/predict", json={**body, "config": [1, 2]})
         assert refused.status_code == 422
+        for config, says in (  # raw JSON: a client's encoder would refuse to write NaN
+            ('{"x": NaN}', "NaN or Infinity"),
+            ('{"x": Infinity}', "NaN or Infinity"),
+            ('"abc"', "valid dictionary"),
+            (json.dumps({"k": "x" * 20_000}), "at most"),
+        ):
+            text = json.dumps(body)[:-1] + f', "config": {config}}}'
+            refused = client.post(
+                "/v1/predict", content=text, headers={"content-type": "application/json"}
+            )
+            assert refused.status_code == 422, (config, refused.text)
+            assert refused.json()["detail"][0]["loc"] == ["body", "config"]
+            assert says in refused.text
+        # Stateless: the same request again gets the same answer.
+        again = [client.post("/v1/predict", json={**body, "config": SMALL}).json() for _ in "ab"]
+        assert again[0] == again[1]
 
 
 def test_a_config_the_model_cannot_read_is_stored_and_forecast_as_unknown(

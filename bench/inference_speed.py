@@ -22,6 +22,7 @@ from oracle.core.bundle import Bundle
 from oracle.core.features import (
     FEATURE_SCHEMA_VERSION,
     N_TARGETS,
+    SUPPORTED_FEATURE_SCHEMAS,
     encode_context,
     encode_history,
     n_inputs,
@@ -73,6 +74,7 @@ def main() -> None:
     parser.add_argument(
         "--feature-schema",
         type=int,
+        choices=SUPPORTED_FEATURE_SCHEMAS,
         default=FEATURE_SCHEMA_VERSION,
         help="2: rows carry the run's configuration (the default model); 1: the history alone",
     )

@@ -17,6 +17,7 @@ import numpy as np
 
 from oracle.core import bundle
 from oracle.core.bundle import Bundle
+from oracle.core.features import SUPPORTED_FEATURE_SCHEMAS
 from oracle.core.forecast import BundlePredictor
 from oracle.core.scoring import StudyPolicy
 from oracle.training import evaluate, train
@@ -119,6 +120,7 @@ def main() -> None:
     parser.add_argument(
         "--feature-schema",
         type=int,
+        choices=SUPPORTED_FEATURE_SCHEMAS,
         default=TrainConfig.feature_schema,
         help="2: the model reads each run's configuration; 1: its history alone",
     )
@@ -132,13 +134,16 @@ def main() -> None:
     if args.bundle:
         held_out(args.bundle, args.data, args.confidence)
     if args.folds:
-        config = TrainConfig(
-            model=args.model,
-            epochs=args.epochs,
-            seed=args.seed,
-            feature_schema=args.feature_schema,
-            context_dropout=args.context_dropout,
-        )
+        try:
+            config = TrainConfig(
+                model=args.model,
+                epochs=args.epochs,
+                seed=args.seed,
+                feature_schema=args.feature_schema,
+                context_dropout=args.context_dropout,
+            )
+        except ValueError as e:
+            parser.error(str(e))
         cross_validated(config, args.data, args.folds, args.confidence)
     if not (args.bundle or args.folds):
         parser.error("pass --bundle FILE and/or --folds K")

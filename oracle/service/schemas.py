@@ -48,6 +48,18 @@ Ratio = Annotated[float | None, _range_if_finite(0.0, 1.0)]
 WallSeconds = Annotated[float | None, Field(ge=0, allow_inf_nan=False)]
 
 
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("may not contain the NUL character (\\u0000)")
+    return value
+
+
+# Free text that both backends store as sent: Postgres's text columns refuse NUL.
+NoNul = AfterValidator(_no_nul)
+Description = Annotated[str, StringConstraints(max_length=4000), NoNul]
+DatasetName = Annotated[str, StringConstraints(max_length=128), NoNul]
+
+
 def _depth(value: Any, level: int = 0) -> int:
     if isinstance(value, dict):
         return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
@@ -60,7 +72,7 @@ def _depth(value: Any, level: int = 0) -> int:
 
 
 class StudyPut(Strict):
-    description: Annotated[str, StringConstraints(max_length=4000)] | None = None
+    description: Description | None = None
     policy: StudyPolicy | None = None
 
 
@@ -111,7 +123,7 @@ class RunCreate(Strict):
     study_id: Identifier
     max_epochs: Annotated[int, Field(ge=1, le=MAX_EPOCHS)]
     config: RunConfig = None
-    dataset: Annotated[str, StringConstraints(max_length=128)] | None = None
+    dataset: DatasetName | None = None
 
 
 class Metrics(BaseModel):

@@ -17,6 +17,17 @@ def test_put_run_creates_then_returns_the_stored_run(client: TestClient) -> None
     assert first.json()["config"] == BODY["config"]
 
 
+def test_a_config_holding_nul_is_stored_and_read_back_as_sent(client: TestClient) -> None:
+    """A config is JSON, where NUL is an escape (\\u0000): both backends store it as sent.
+    Free-text fields, which would store the raw character, refuse it (test_hostile_input)."""
+    body = {**BODY, "config": {"note\x00key": "a\x00b", "x": 10}}
+    first = client.put("/v1/runs/r-nul", json=body)
+    assert first.status_code == 201, first.text
+    assert first.json()["config"] == body["config"]
+    assert client.get("/v1/runs/r-nul").json()["config"] == body["config"]
+    assert client.put("/v1/runs/r-nul", json=body).status_code == 200  # the same body again
+
+
 def test_put_run_with_another_body_conflicts(client: TestClient) -> None:
     client.put("/v1/runs/r1", json=BODY)
     response = client.put("/v1/runs/r1", json={**BODY, "max_epochs": 51})

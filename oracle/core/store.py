@@ -30,7 +30,7 @@ from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSON
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeDecorator
 
@@ -676,12 +676,14 @@ def insert_checkpoint_rows(conn: Connection, rows: list[dict[str, Any]]) -> None
         conn.execute(_INSERT_CHECKPOINTS, rows)
         return
     sql, bound = _driver_insert(conn.dialect)
-    conn.exec_driver_sql(
+    _driver_execute(
+        conn,
         sql,
         [
-            tuple(row[name] if bind is None else bind(row[name]) for name, bind in bound)
+            tuple([row[name] if bind is None else bind(row[name]) for name, bind in bound])
             for row in rows
         ],
+        many=True,
     )
 
 
@@ -789,7 +791,30 @@ def _execute_values(
         value = shared["finished_at"]
         params["b_finished_at"] = process(value) if process is not None else value
     args = tuple(params[name] for name in positions) if positions is not None else params
-    return {int(pk) for pk in conn.exec_driver_sql(sql, args).scalars()}
+    return {int(pk) for (pk,) in _driver_execute(conn, sql, args)}
+
+
+def _driver_execute(conn: Connection, sql: str, args: Any, *, many: bool = False) -> list[Any]:
+    """Run driver SQL on `conn`'s DBAPI connection, in its transaction; the rows it returns.
+
+    For the writer's batch statements on SQLite, whose SQL and parameters are ready for the
+    driver: SQLAlchemy's execution context and result around them (events, cursor metadata,
+    the result object) cost ~45 µs a statement, five times the statement itself (an UPDATE of
+    one run: 55 µs against 9 µs, measured on this box). The driver's errors are wrapped as
+    SQLAlchemy wraps them, so that `storage_errors` and the batch's rollback see the same
+    exceptions either way.
+    """
+    driver = conn.connection.driver_connection
+    assert driver is not None  # the connection is checked out, in its transaction
+    try:
+        if many:
+            driver.executemany(sql, args).close()
+            return []
+        return list(driver.execute(sql, args).fetchall())
+    except conn.dialect.loaded_dbapi.Error as e:
+        raise DBAPIError.instance(
+            sql, args, e, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect, ismulti=many
+        ) from e
 
 
 # The most rows one batch statement takes (the writer's batch cap), a power of two.

@@ -9,13 +9,15 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from sqlalchemy import Connection, create_engine, select
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from oracle.core import store
 from oracle.core.db import normalize_url
+from oracle.core.errors import StorageUnavailable
 from oracle.core.reference import history_array
 from oracle.core.store import Metrics, RunSpec, RunState
 from oracle.core.tables import Checkpoint, Run, Study, utcnow
+from oracle.service.state import storage_errors
 
 
 @pytest.fixture
@@ -240,3 +242,21 @@ def test_the_drivers_insert_stores_what_sqlalchemys_stores(conn: Connection) -> 
     if conn.dialect.name == "sqlite":
         types = "SELECT typeof(wall_s), typeof(received_at) FROM checkpoints"
         assert conn.exec_driver_sql(types).all() == [("real", "text")] * 2
+
+
+def test_a_driver_level_failure_surfaces_as_sqlalchemys_exception(sqlite_url: str) -> None:
+    """SQLite's batch statements run on the driver's connection (store._driver_execute); its
+    errors must still arrive wrapped as SQLAlchemy wraps them, which is what storage_errors
+    turns into a 503 and what rolls the batch back. Here the database is read-only."""
+    engine = create_engine(normalize_url(sqlite_url))
+    with engine.begin() as connection:
+        study = store.study_pk_of(connection, "s")
+        state = store.insert_new_runs(connection, [("a", study, RunSpec("s", 10))])["a"]
+    with engine.connect() as connection:
+        connection.exec_driver_sql("PRAGMA query_only=ON")
+        with pytest.raises(OperationalError) as caught:
+            store.advance_runs(connection, [(state, 1)])
+        assert "readonly" in str(caught.value.orig) or "read-only" in str(caught.value.orig)
+        with pytest.raises(StorageUnavailable), storage_errors():
+            store.insert_checkpoint_rows(connection, [_row(1) | {"run_pk": state.pk}])
+    engine.dispose()

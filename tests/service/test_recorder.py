@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -12,9 +13,10 @@ import structlog.testing
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, func, select
 
+from oracle.core import store
 from oracle.core.tables import Checkpoint, Run
 from oracle.service.main import create_app
-from tests.conftest import auth, settings_for
+from tests.conftest import _truncate, auth, settings_for
 
 POINT = {"mqe": 1.0, "topographic_error": 0.1, "dead_neuron_ratio": 0.1}
 
@@ -221,3 +223,58 @@ def test_recorder_batches_starts_checkpoints_and_finishes_of_many_runs(database_
     seqs = sorted(r.reference_seq for r in stored.values() if r.reference_seq is not None)
     completed = [r for r in stored.values() if r.status == "completed"]
     assert seqs == list(range(1, len(completed) + 1))
+
+
+def test_postgres_stores_a_batch_of_checkpoints_alone_in_one_autocommitted_statement(
+    postgres_server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Postgres a batch of checkpoints alone is one statement outside a transaction block
+    (no BEGIN or COMMIT round trip); a batch that also starts or ends runs, which takes several
+    statements, still runs in a transaction, on a connection the pool gave back in its default
+    mode."""
+    _truncate(postgres_server_url)
+    seen: list[tuple[frozenset[str], bool]] = []  # (what the batch held, autocommit)
+    real_store = store.store_checkpoints
+
+    def spying(conn: Any, checkpoints: Any) -> set[int]:
+        if checkpoints:  # every batch calls it, with its checkpoints or none
+            ids = frozenset(state.run_id for state, _ in checkpoints)
+            seen.append((ids, conn.connection.driver_connection.autocommit))
+        return real_store(conn, checkpoints)
+
+    monkeypatch.setattr(store, "store_checkpoints", spying)
+    app = create_app(settings_for(postgres_server_url))
+
+    async def scenario() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(
+                transport=transport, base_url="http://test", headers=auth("worker")
+            ) as client,
+        ):
+            for run_id in ("a", "b"):
+                await client.put(f"/v1/runs/{run_id}", json={"study_id": "s", "max_epochs": 5})
+            alone = await client.post("/v1/runs/a/checkpoints", json={"epoch": 1, **POINT})
+            # a start, a finish and a checkpoint together: one batch of several statements
+            mixed = await asyncio.gather(
+                client.put("/v1/runs/c", json={"study_id": "s", "max_epochs": 5}),
+                client.post("/v1/runs/a/finish", json={"status": "stopped"}),
+                client.post("/v1/runs/b/checkpoints", json={"epoch": 1, **POINT}),
+            )
+            after = await client.post("/v1/runs/c/checkpoints", json={"epoch": 1, **POINT})
+            return [alone, *mixed, after]
+
+    responses = asyncio.run(scenario())
+    assert [r.status_code for r in responses] == [200, 201, 200, 200, 200]
+    assert seen == [
+        (frozenset({"a"}), True),
+        (frozenset({"b"}), False),
+        (frozenset({"c"}), True),
+    ]
+    engine = create_engine(postgres_server_url)
+    with engine.connect() as conn:
+        stored = set(conn.execute(select(Run.run_id, Run.last_epoch, Run.status)))
+        assert conn.scalar(select(func.count()).select_from(Checkpoint)) == 3
+    engine.dispose()
+    assert stored == {("a", 1, "stopped"), ("b", 1, "running"), ("c", 1, "running")}

@@ -23,6 +23,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     update,
     values,
 )
@@ -732,6 +733,151 @@ def store_checkpoints(
     return moved
 
 
+@dataclass
+class BatchWritten:
+    """What `write_batch` stored: the runs started (their states), and the keys of the runs
+    ended and of the runs whose checkpoint was stored."""
+
+    started: dict[str, RunState]
+    ended: set[int]
+    stored: set[int]
+
+
+def write_batch(
+    conn: Connection,
+    starts: Sequence[tuple[str, int, RunSpec]],
+    ends: Sequence[tuple[RunState, str, Metrics]],
+    checkpoints: Sequence[tuple[RunState, dict[str, Any]]],
+    now: datetime,
+) -> BatchWritten:
+    """Start, end and advance runs in ONE statement (Postgres): `insert_new_runs`,
+    `finish_runs` and `store_checkpoints` as data-modifying CTEs over JSON rows.
+
+    One statement is atomic on its own, so the writer runs it outside a transaction block: a
+    batch costs one round trip, not BEGIN, three to five statements and COMMIT. The rules are
+    those of the three functions (compare-and-swap on each run's last epoch; ids taken left
+    out). One difference: a run that completes at max_epochs is numbered into its study's
+    reference set before its compare-and-swap is known (the numbers come from the same
+    statement's update of the study), so a run whose view was stale leaves its number unused.
+    Readers of the reference set look for numbers above the last they saw, and take a gap as
+    they take any other (ReferenceCache).
+    """
+    if conn.dialect.name != "postgresql":
+        raise ValueError("write_batch is Postgres's: SQLite has no data-modifying CTEs")
+    start_rows = [
+        {
+            "run_id": run_id,
+            "study_pk": study_pk,
+            "max_epochs": spec.max_epochs,
+            "config": spec.config,
+            "dataset": spec.dataset,
+        }
+        for run_id, study_pk, spec in starts
+    ]
+    end_rows = [
+        {
+            "pk": state.pk,
+            "from": _guard_epoch(state.last_epoch),
+            "status": status,
+            "mqe": final.mqe,
+            "te": final.topographic_error,
+            "dead": final.dead_neuron_ratio,
+            "study_pk": state.study_pk,
+            "joins": joins_reference(status, state.last_epoch, state.max_epochs),
+            "ord": n,
+        }
+        for n, (state, status, final) in enumerate(ends)
+    ]
+    checkpoint_rows = [
+        {"pk": state.pk, "from": _guard_epoch(state.last_epoch)}
+        | {name: row[name] for name in _CHECKPOINT_FIELDS}
+        for state, row in checkpoints
+    ]
+    params = {
+        "starts": _json_rows(start_rows),
+        "ends": _json_rows(end_rows),
+        "checkpoints": _json_rows(checkpoint_rows),
+        "now": now,
+    }
+    written = BatchWritten({}, set(), set())
+    for row in conn.execute(_WRITE_BATCH, params):
+        if row.kind == "start":
+            written.started[row.run_id] = RunState.of(row)
+        elif row.kind == "end":
+            written.ended.add(row.pk)
+        else:
+            written.stored.add(row.pk)
+    return written
+
+
+def _json_rows(rows: list[dict[str, Any]]) -> str:
+    return json.dumps(rows, default=_json_value, allow_nan=False)
+
+
+def _write_batch_statement() -> Any:
+    """The statement of `write_batch`, written from the tables' own columns and types."""
+    pg = postgresql.dialect()
+
+    def typed(names: dict[str, Any]) -> str:
+        return ", ".join(f'"{n}" {sql_type.compile(dialect=pg)}' for n, sql_type in names.items())
+
+    fields = _CHECKPOINT_FIELDS
+    checkpoint_types = {
+        "pk": Integer(),
+        "from": Integer(),
+        **{n: _value_type(_checkpoints.c[n]) for n in fields},
+    }
+    # RETURNING of every branch has the columns of a run's state (RunState.of), kind first.
+    state = [c.name for c in _STATE_COLUMNS]
+    nulls = ", ".join(f"NULL AS {n}" for n in state if n != "pk")
+    sql = f"""
+WITH s AS (
+    SELECT * FROM json_to_recordset(CAST(:starts AS json))
+        AS u(run_id TEXT, study_pk INTEGER, max_epochs INTEGER, config JSON, dataset TEXT)
+), started AS (
+    INSERT INTO runs (run_id, study_pk, max_epochs, config, dataset, status, n_checkpoints,
+                      created_at)
+    SELECT run_id, study_pk, max_epochs, config, dataset, 'running', 0, :now FROM s
+    ON CONFLICT (run_id) DO NOTHING
+    RETURNING {", ".join(state)}
+), e AS (
+    SELECT * FROM json_to_recordset(CAST(:ends AS json))
+        AS u(pk INTEGER, "from" INTEGER, status TEXT, mqe FLOAT, te FLOAT, dead FLOAT,
+             study_pk INTEGER, joins BOOLEAN, ord INTEGER)
+), joined AS (
+    UPDATE studies SET reference_runs = studies.reference_runs + j.n
+    FROM (SELECT study_pk, count(*) AS n FROM e WHERE joins GROUP BY study_pk) AS j
+    WHERE studies.pk = j.study_pk
+    RETURNING studies.pk, studies.reference_runs - j.n AS before
+), numbered AS (
+    SELECT e.*, CASE WHEN e.joins THEN joined.before
+        + row_number() OVER (PARTITION BY e.study_pk, e.joins ORDER BY e.ord) END AS seq
+    FROM e LEFT JOIN joined ON joined.pk = e.study_pk
+), ended AS (
+    UPDATE runs SET status = n.status, final_mqe = n.mqe, final_topographic_error = n.te,
+        final_dead_neuron_ratio = n.dead, finished_at = :now, reference_seq = n.seq
+    FROM numbered AS n
+    WHERE runs.pk = n.pk AND runs.status = 'running' AND coalesce(runs.last_epoch, -1) = n."from"
+    RETURNING runs.pk
+), c AS (
+    SELECT * FROM json_to_recordset(CAST(:checkpoints AS json)) AS u({typed(checkpoint_types)})
+), moved AS (
+    UPDATE runs SET last_epoch = c.epoch, n_checkpoints = runs.n_checkpoints + 1
+    FROM c
+    WHERE runs.pk = c.pk AND runs.status = 'running' AND coalesce(runs.last_epoch, -1) = c."from"
+    RETURNING runs.pk
+), stored AS (
+    INSERT INTO checkpoints (run_pk, {", ".join(fields)})
+    SELECT c.pk, {", ".join(f"c.{n}" for n in fields)} FROM c JOIN moved ON moved.pk = c.pk
+    RETURNING run_pk
+)
+SELECT 'start' AS kind, {", ".join(state)} FROM started
+UNION ALL SELECT 'end', pk, {nulls} FROM ended
+UNION ALL SELECT 'checkpoint', run_pk, {nulls} FROM stored
+"""
+    return text(sql).columns(column("kind", String), *_STATE_COLUMNS)
+
+
 def _guard_epoch(epoch: int | None) -> int:
     # -1 stands for "no checkpoint yet" (epochs start at 0), so the guard is a plain "=".
     return -1 if epoch is None else epoch
@@ -940,3 +1086,4 @@ def _guarded_statement(kind: str, rows: Any) -> Any:
 
 # Postgres's statements; only these have "checkpoint" (SQLite has no data-modifying CTE).
 _RECORDSETS = {kind: _recordset_statement(kind) for kind in _VALUE_COLUMNS}
+_WRITE_BATCH = _write_batch_statement()

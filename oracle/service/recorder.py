@@ -28,7 +28,8 @@ import threading
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 
 import numpy as np
@@ -108,6 +109,25 @@ class _Outcome:
     def unsettled(self) -> bool:
         """Whether some write is left for the one-at-a-time path (blocking database calls)."""
         return any(self.results[i] is None for i, _ in (*self.runs_loop, *self.pendings))
+
+
+@dataclass
+class _Plan:
+    """The starts, finishes and checkpoints a batch will write (see Recorder._plan)."""
+
+    now: datetime
+    starts: list[tuple[int, _Start, int]] = field(default_factory=list)  # index, start, study
+    ends: list[tuple[int, RunState, str, Metrics]] = field(default_factory=list)
+    checkpoints: list[tuple[_Stored, dict[str, Any]]] = field(default_factory=list)
+
+    def start_keys(self) -> list[tuple[str, int, store.RunSpec]]:
+        return [(item.run_id, study_pk, item.spec) for _, item, study_pk in self.starts]
+
+    def end_rows(self) -> list[tuple[RunState, str, Metrics]]:
+        return [(state, status, final) for _, state, status, final in self.ends]
+
+    def checkpoint_rows(self) -> list[tuple[RunState, dict[str, Any]]]:
+        return [(state, row) for (_, state, _, _), row in self.checkpoints]
 
 
 def _begin(session: Session) -> None:
@@ -209,8 +229,8 @@ class Recorder:
             with storage_errors():
                 if self.db.async_writes is None:
                     await self._write_sqlite(batch, outcome)
-                elif all(isinstance(item, _Pending) for item in batch):
-                    await self._write_checkpoints_postgres(outcome)
+                elif self._one_statement(batch):
+                    await self._write_postgres(outcome)
                 else:
                     async with self.db.async_writes.begin() as session:
                         await session.run_sync(self._store_batch, batch, outcome)
@@ -230,21 +250,35 @@ class Recorder:
         finally:
             session.close()  # rolls back what was not committed
 
-    async def _write_checkpoints_postgres(self, outcome: _Outcome) -> None:
-        """A batch of checkpoints alone, on Postgres: its one write is one statement
-        (`store.store_checkpoints`), atomic on its own, so it runs outside a transaction
-        block and commits as it ends. That saves the BEGIN and COMMIT round trips, two of the
-        three such a batch costs; its reads (runs not cached, a stale reference set) see
-        committed data either way."""
+    def _one_statement(self, batch: list[_Item]) -> bool:
+        """Whether a Postgres batch can be written by one statement outside a transaction
+        block (`store.write_batch`): no general write (those need a transaction), and every
+        study its starts name already known (a new one is inserted by a statement of its own)."""
+        return all(
+            isinstance(item, _Pending | _Finish)
+            or (isinstance(item, _Start) and item.spec.study_id in self._study_pks)
+            for item in batch
+        )
+
+    async def _write_postgres(self, outcome: _Outcome) -> None:
+        """The batch's writes in one statement, atomic on its own, run outside a transaction
+        block: one round trip where BEGIN, a statement each for starts, finishes, reference
+        numbers and checkpoints, and COMMIT took up to seven, with the server idle meanwhile
+        (one batch is in flight at a time). Its reads (runs not cached, a stale reference
+        set) see committed data, and come before the statement."""
         engine = self.db.async_write_engine
         assert engine is not None
         async with engine.connect() as conn:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await conn.run_sync(self._store_checkpoint_batch, outcome)
+            await conn.run_sync(self._store_batch_at_once, outcome)
 
-    def _store_checkpoint_batch(self, conn: Connection, outcome: _Outcome) -> None:
+    def _store_batch_at_once(self, conn: Connection, outcome: _Outcome) -> None:
         self._fill_cache(conn, outcome.touched)
-        outcome.done = self._store_checkpoints(conn, outcome.pendings, outcome.results)
+        plan = self._plan(conn, outcome)
+        written = store.write_batch(
+            conn, plan.start_keys(), plan.end_rows(), plan.checkpoint_rows(), plan.now
+        )
+        self._apply(conn, plan, written, outcome)
 
     def _take_batch(self) -> list[_Item]:
         """Up to MAX_BATCH writes, at most one checkpoint per run (a run's next one waits)."""
@@ -276,11 +310,13 @@ class Recorder:
                     results[i] = e
         conn = session.connection()
         self._fill_cache(conn, outcome.touched)
-        starts = [(i, p) for i, p in outcome.runs_loop if isinstance(p, _Start)]
-        finishes = [(i, p) for i, p in outcome.runs_loop if isinstance(p, _Finish)]
-        self._start_new(conn, starts, results, outcome.started)
-        self._finish_running(conn, finishes, results)
-        outcome.done = self._store_checkpoints(conn, outcome.pendings, results)
+        plan = self._plan(conn, outcome)
+        written = store.BatchWritten(
+            store.insert_new_runs(conn, plan.start_keys()),
+            store.finish_runs(conn, plan.end_rows(), plan.now),
+            store.store_checkpoints(conn, plan.checkpoint_rows()),
+        )
+        self._apply(conn, plan, written, outcome)
 
     def _failed(self, batch: list[_Item], outcome: _Outcome, error: Exception) -> None:
         """The batch's transaction failed: nothing of it was stored."""
@@ -341,18 +377,37 @@ class Recorder:
                 metrics.DECISIONS.labels(action=action, policy=policy).inc(n)
         return results
 
-    def _store_checkpoints(
-        self, conn: Connection, pendings: list[tuple[int, _Pending]], results: list[Any]
-    ) -> list[_Stored]:
-        """Decide and store the batch's checkpoints: forecasts together, then the runs advanced
-        by compare-and-swap and their rows inserted (`store.store_checkpoints`). Fills
-        `results` with the answers and errors; what stays None goes one at a time after the
-        batch."""
-        done: list[_Stored] = []
+    def _plan(self, conn: Connection, outcome: _Outcome) -> _Plan:
+        """What the batch's starts, finishes and checkpoints will write, decided before any of
+        it is: checkpoints are decided against committed reference sets, never against runs
+        this batch is about to end. Fills `outcome.results` with what fails here (a 404,
+        422); what is neither planned nor failed goes one at a time after the batch."""
+        plan = _Plan(now=utcnow())
+        results = outcome.results
+        firsts: dict[str, tuple[int, _Start]] = {}
+        for i, item in outcome.runs_loop:
+            if isinstance(item, _Start):
+                # a second start of an id in one batch is left for the ORM path
+                firsts.setdefault(item.run_id, (i, item))
+        pks: dict[str, int] = {}  # a new study is cached only once its batch is committed
+        for i, item in firsts.values():
+            study_id = item.spec.study_id
+            if study_id not in pks:
+                pks[study_id] = self._study_pks.get(study_id) or store.study_pk_of(conn, study_id)
+            plan.starts.append((i, item, pks[study_id]))
+        for i, item in outcome.runs_loop:
+            if not isinstance(item, _Finish):
+                continue
+            state = self._runs.get(item.run_id)
+            if state is None or state.status != "running" or item.status not in FINISHED_STATUSES:
+                continue  # unknown, already ended, a second finish in one batch: ORM path
+            final = item.final if item.final is not None else state.last_metrics()
+            plan.ends.append((i, state, item.status, final))
+            state.status = item.status  # a later checkpoint of this batch: ORM path
         situated: list[tuple[int, _Pending, RunState, store.HistoryRow, Metrics]] = []
         situations: list[Situation] = []
         studies: dict[int, tuple[StudyPolicy, Thresholds]] = {}  # read once per batch
-        for i, pending in pendings:
+        for i, pending in outcome.pendings:
             try:
                 state, point, observed, situation = self._situate(conn, pending, studies)
             except _SlowPath:
@@ -362,71 +417,37 @@ class Recorder:
                 continue
             situated.append((i, pending, state, point, observed))
             situations.append(situation)
-        planned: list[tuple[_Stored, dict[str, Any]]] = []
         for (i, pending, state, point, observed), situation in zip(
             situated, self._forecast(situations), strict=True
         ):
             verdict = decide(chain_for(situation.policy.decider), situation)
             row = row_of_verdict(pending.body, observed, state.max_epochs, verdict)
-            planned.append(((i, state, point, situation.history), row))
-        stored = store.store_checkpoints(conn, [(state, row) for (_, state, _, _), row in planned])
-        for plan, row in planned:
-            i, state, _, _ = plan
-            if state.pk not in stored:
+            plan.checkpoints.append(((i, state, point, situation.history), row))
+        return plan
+
+    def _apply(
+        self, conn: Connection, plan: _Plan, written: store.BatchWritten, outcome: _Outcome
+    ) -> None:
+        """The answers to what the batch wrote. A run that did not move (its view was stale:
+        another replica moved it, or ended it) is forgotten, and its write left unsettled: the
+        ORM path decides it again from the database."""
+        results = outcome.results
+        for i, item, _ in plan.starts:
+            state = written.started.get(item.run_id)
+            if state is not None:
+                outcome.started.append((state, item.spec.study_id))
+                results[i] = (run_public_of_state(state, item.spec.study_id), True)
+        for i, state, _, final in plan.ends:
+            if state.pk in written.ended:
+                study_id = self._study_id(conn, state.study_pk)
+                results[i] = run_public_of_state(state, study_id, final, plan.now)
+        for stored, row in plan.checkpoints:
+            i, state, _, _ = stored
+            if state.pk not in written.stored:
                 self.forget(state.run_id)  # moved on elsewhere: reload, decide again
                 continue
-            done.append(plan)
+            outcome.done.append(stored)
             results[i] = decision_of_verdict(state.run_id, row)
-        return done
-
-    # --- starting and finishing: Core for the common case, the ORM for the rest -----------
-
-    def _start_new(
-        self,
-        conn: Connection,
-        starts: list[tuple[int, _Start]],
-        results: list[Any],
-        started: list[tuple[RunState, str]],
-    ) -> None:
-        """Insert the batch's new runs in one statement; ids that exist are left for the ORM
-        path (a retry gets the stored run, another body a conflict), as is a second start of
-        the same id in one batch."""
-        firsts: dict[str, tuple[int, _Start]] = {}
-        for i, item in starts:
-            firsts.setdefault(item.run_id, (i, item))
-        keyed = []
-        pks: dict[str, int] = {}  # a new study is cached only once its batch is committed
-        for _, item in firsts.values():
-            study_id = item.spec.study_id
-            if study_id not in pks:
-                pks[study_id] = self._study_pks.get(study_id) or store.study_pk_of(conn, study_id)
-            keyed.append((item.run_id, pks[study_id], item.spec))
-        states = store.insert_new_runs(conn, keyed)
-        for i, item in firsts.values():
-            state = states.get(item.run_id)
-            if state is not None:
-                started.append((state, item.spec.study_id))
-                results[i] = (run_public_of_state(state, item.spec.study_id), True)
-
-    def _finish_running(
-        self, conn: Connection, finishes: list[tuple[int, _Finish]], results: list[Any]
-    ) -> None:
-        """End the batch's running runs in one statement; the rest (unknown, already ended,
-        moved on elsewhere, a second finish in one batch) is left for the ORM path."""
-        ending: list[tuple[int, RunState, str, Metrics]] = []
-        for i, item in finishes:
-            state = self._runs.get(item.run_id)
-            if state is None or state.status != "running" or item.status not in FINISHED_STATUSES:
-                continue
-            final = item.final if item.final is not None else state.last_metrics()
-            ending.append((i, state, item.status, final))
-            state.status = item.status  # a later finish or checkpoint of this batch: ORM path
-        now = utcnow()
-        ended = store.finish_runs(conn, [(st, status, f) for _, st, status, f in ending], now)
-        for i, state, _, final in ending:
-            if state.pk in ended:
-                study_id = self._study_id(conn, state.study_pk)
-                results[i] = run_public_of_state(state, study_id, final, now)
 
     def _study_id(self, conn: Connection, study_pk: int) -> str:
         study_id = self._study_ids.get(study_pk)

@@ -40,6 +40,10 @@ class ReferenceCache:
                 count, entry.policy = store.study_state(conn, study_pk)
                 if count > entry.seen_seq:
                     self._load(conn, study_pk, entry)
+                    # Numbers up to `count` were handed out by transactions that committed
+                    # before it was read, so every run holding one is loaded now. A number
+                    # whose run did not end (store.write_batch) is a gap: not asked again.
+                    entry.seen_seq = max(entry.seen_seq, count)
                 entry.checked_at = now
             return entry.reference, entry.policy
 

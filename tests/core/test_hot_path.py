@@ -5,10 +5,11 @@ stale views."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import Connection, create_engine, select
+from sqlalchemy import Connection, create_engine, func, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from oracle.core import store
@@ -260,3 +261,110 @@ def test_a_driver_level_failure_surfaces_as_sqlalchemys_exception(sqlite_url: st
         with pytest.raises(StorageUnavailable), storage_errors():
             store.insert_checkpoint_rows(connection, [_row(1) | {"run_pk": state.pk}])
     engine.dispose()
+
+
+def _batch_scene(conn: Connection, prefix: str) -> dict[str, RunState]:
+    """Runs of study `prefix`, ready for a batch: a and b at max_epochs (2), c at 1, d and e
+    with no checkpoint yet."""
+    study = store.study_pk_of(conn, prefix)
+    states = store.insert_new_runs(
+        conn, [(f"{prefix}-{r}", study, RunSpec(prefix, 2)) for r in "abcde"]
+    )
+    moves = [(states[f"{prefix}-{r}"], e) for r, e in zip("abc", (2, 2, 1), strict=True)]
+    assert len(store.advance_runs(conn, moves)) == 3
+    for state, epoch in moves:
+        state.last_epoch = epoch
+    return {run_id.split("-", 1)[1]: state for run_id, state in states.items()}
+
+
+def _batch(prefix: str, runs: dict[str, RunState], study_pk: int) -> tuple[Any, Any, Any]:
+    spec = RunSpec(prefix, 7, {"sigma": 1.5, "note": "ünï"}, "iris")
+    starts = [(f"{prefix}-new", study_pk, spec), (f"{prefix}-a", study_pk, spec)]  # a: taken
+    stale_c = RunState(**{**vars(runs["c"]), "last_epoch": 2, "history": []})
+    ends = [
+        (runs["a"], "completed", Metrics(0.5, 0.1, None)),  # at max_epochs: joins, first
+        (stale_c, "completed", Metrics(0.9, 0.3, 0.0)),  # stale view: refused
+        (runs["b"], "completed", Metrics(0.7, 0.2, 0.0)),  # joins, second
+    ]
+    stale_e = RunState(**{**vars(runs["e"]), "last_epoch": 0, "history": []})
+    checkpoints = [(runs["d"], _row(1, "stop", predicted_score=0.25)), (stale_e, _row(1))]
+    return starts, ends, checkpoints
+
+
+def _scene_rows(conn: Connection, prefix: str) -> dict[str, Any]:
+    """What a scene left in the tables, without keys and times."""
+    runs = {
+        r.run_id.split("-", 1)[1]: (
+            r.max_epochs,
+            r.config,
+            r.dataset,
+            r.status,
+            r.last_epoch,
+            r.n_checkpoints,
+            (r.final_mqe, r.final_topographic_error, r.final_dead_neuron_ratio),
+            r.reference_seq is not None,
+            r.finished_at is not None,
+        )
+        for r in conn.execute(select(Run.__table__).where(Run.run_id.startswith(f"{prefix}-")))
+    }
+    checkpoints = set(
+        conn.execute(
+            select(
+                func.substr(Run.run_id, len(prefix) + 2),
+                Checkpoint.epoch,
+                Checkpoint.action,
+                Checkpoint.predicted_score,
+                Checkpoint.mqe,
+            )
+            .join(Checkpoint, Checkpoint.run_pk == Run.pk)
+            .where(Run.run_id.startswith(f"{prefix}-"))
+        ).all()
+    )
+    return {"runs": runs, "checkpoints": checkpoints}
+
+
+def test_write_batch_stores_what_the_three_statements_store(conn: Connection) -> None:
+    """store.write_batch (Postgres: one statement) against insert_new_runs, finish_runs and
+    store_checkpoints run one after another, on the same scene: the same rows, the same keys
+    reported, and runs that complete at max_epochs numbered in batch order."""
+    if conn.dialect.name != "postgresql":
+        pytest.skip("write_batch is Postgres's")
+    now = utcnow()
+    one = _batch_scene(conn, "one")
+    starts, ends, checkpoints = _batch("one", one, one["a"].study_pk)
+    started = store.insert_new_runs(conn, starts)
+    ended = store.finish_runs(conn, ends, now)
+    stored = store.store_checkpoints(conn, checkpoints)
+
+    two = _batch_scene(conn, "two")
+    starts, ends, checkpoints = _batch("two", two, two["a"].study_pk)
+    written = store.write_batch(conn, starts, ends, checkpoints, now)
+
+    assert set(started) == {"one-new"} and set(written.started) == {"two-new"}
+    fresh = written.started["two-new"]
+    assert (fresh.config, fresh.dataset, fresh.max_epochs, fresh.status) == (
+        {"sigma": 1.5, "note": "ünï"},
+        "iris",
+        7,
+        "running",
+    )
+    assert fresh.created_at.tzinfo is not None and fresh.last_epoch is None
+    assert ended == {one["a"].pk, one["b"].pk} and written.ended == {two["a"].pk, two["b"].pk}
+    assert stored == {one["d"].pk} and written.stored == {two["d"].pk}
+    assert _scene_rows(conn, "one") == _scene_rows(conn, "two")
+    seqs = dict(conn.execute(select(Run.run_id, Run.reference_seq)).all())
+    # In batch order, a, c, b; c was numbered before its compare-and-swap failed, and its
+    # number is nobody's: a gap, which readers of the reference set step over.
+    assert [seqs[f"two-{r}"] for r in "abc"] == [1, 3, None]
+    assert [seqs[f"one-{r}"] for r in "abc"] == [1, 2, None]
+    counts = dict(conn.execute(select(Study.study_id, Study.reference_runs)).all())
+    assert counts == {"one": 2, "two": 3}
+
+
+def test_write_batch_with_nothing_to_write_writes_nothing(conn: Connection) -> None:
+    if conn.dialect.name != "postgresql":
+        with pytest.raises(ValueError, match="Postgres"):
+            store.write_batch(conn, [], [], [], utcnow())
+        return
+    written = store.write_batch(conn, [], [], [], utcnow())
+    assert written == store.BatchWritten({}, set(), set())

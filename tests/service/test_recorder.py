@@ -225,25 +225,31 @@ def test_recorder_batches_starts_checkpoints_and_finishes_of_many_runs(database_
     assert seqs == list(range(1, len(completed) + 1))
 
 
-def test_postgres_stores_a_batch_of_checkpoints_alone_in_one_autocommitted_statement(
+def test_postgres_writes_a_batch_in_one_autocommitted_statement_when_it_can(
     postgres_server_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On Postgres a batch of checkpoints alone is one statement outside a transaction block
-    (no BEGIN or COMMIT round trip); a batch that also starts or ends runs, which takes several
-    statements, still runs in a transaction, on a connection the pool gave back in its default
-    mode."""
+    """On Postgres a batch of the workers' writes (starts in known studies, finishes,
+    checkpoints) is one statement outside a transaction block (store.write_batch). A batch
+    with a general write, or a start in a study this process has not seen, takes a statement
+    each in a transaction; and a connection that ran in autocommit goes back to the pool in
+    its default mode."""
     _truncate(postgres_server_url)
-    seen: list[tuple[frozenset[str], bool]] = []  # (what the batch held, autocommit)
-    real_store = store.store_checkpoints
+    seen: list[tuple[str, frozenset[str], bool]] = []  # (how, checkpoints' runs, autocommit)
 
-    def spying(conn: Any, checkpoints: Any) -> set[int]:
-        if checkpoints:  # every batch calls it, with its checkpoints or none
-            ids = frozenset(state.run_id for state, _ in checkpoints)
-            seen.append((ids, conn.connection.driver_connection.autocommit))
-        return real_store(conn, checkpoints)
+    def spy(how: str, real: Any) -> Any:
+        def spying(conn: Any, *args: Any) -> Any:
+            checkpoints = args[2] if how == "one statement" else args[0]
+            if checkpoints:  # every batch writes through one of them, checkpoints or none
+                ids = frozenset(state.run_id for state, _ in checkpoints)
+                seen.append((how, ids, conn.connection.driver_connection.autocommit))
+            return real(conn, *args)
 
-    monkeypatch.setattr(store, "store_checkpoints", spying)
+        return spying
+
+    monkeypatch.setattr(store, "write_batch", spy("one statement", store.write_batch))
+    monkeypatch.setattr(store, "store_checkpoints", spy("several", store.store_checkpoints))
     app = create_app(settings_for(postgres_server_url))
+    spec = {"study_id": "s", "max_epochs": 5}
 
     async def scenario() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app)
@@ -253,28 +259,45 @@ def test_postgres_stores_a_batch_of_checkpoints_alone_in_one_autocommitted_state
                 transport=transport, base_url="http://test", headers=auth("worker")
             ) as client,
         ):
-            for run_id in ("a", "b"):
-                await client.put(f"/v1/runs/{run_id}", json={"study_id": "s", "max_epochs": 5})
-            alone = await client.post("/v1/runs/a/checkpoints", json={"epoch": 1, **POINT})
-            # a start, a finish and a checkpoint together: one batch of several statements
-            mixed = await asyncio.gather(
-                client.put("/v1/runs/c", json={"study_id": "s", "max_epochs": 5}),
+            out = [await client.put(f"/v1/runs/{r}", json=spec) for r in ("a", "b")]
+            out.append(await client.post("/v1/runs/a/checkpoints", json={"epoch": 1, **POINT}))
+            # a start, a finish and a checkpoint together: one batch, one statement
+            out += await asyncio.gather(
+                client.put("/v1/runs/c", json=spec),
                 client.post("/v1/runs/a/finish", json={"status": "stopped"}),
                 client.post("/v1/runs/b/checkpoints", json={"epoch": 1, **POINT}),
             )
-            after = await client.post("/v1/runs/c/checkpoints", json={"epoch": 1, **POINT})
-            return [alone, *mixed, after]
+            # a general write (a study's settings) beside a checkpoint: a transaction
+            out += await asyncio.gather(
+                client.put("/v1/studies/other", json={"description": "x"}, headers=auth("admin")),
+                client.post("/v1/runs/c/checkpoints", json={"epoch": 1, **POINT}),
+            )
+            # a start in a study not seen yet beside a checkpoint: a transaction
+            out += await asyncio.gather(
+                client.put("/v1/runs/d", json={**spec, "study_id": "new"}),
+                client.post("/v1/runs/b/checkpoints", json={"epoch": 2, **POINT}),
+            )
+            out.append(await client.post("/v1/runs/d/checkpoints", json={"epoch": 1, **POINT}))
+            return out
 
     responses = asyncio.run(scenario())
-    assert [r.status_code for r in responses] == [200, 201, 200, 200, 200]
+    codes = [r.status_code for r in responses]
+    assert codes == [201, 201, 200, 201, 200, 200, 201, 200, 201, 200, 200], codes
     assert seen == [
-        (frozenset({"a"}), True),
-        (frozenset({"b"}), False),
-        (frozenset({"c"}), True),
+        ("one statement", frozenset({"a"}), True),
+        ("one statement", frozenset({"b"}), True),
+        ("several", frozenset({"c"}), False),
+        ("several", frozenset({"b"}), False),
+        ("one statement", frozenset({"d"}), True),
     ]
     engine = create_engine(postgres_server_url)
     with engine.connect() as conn:
         stored = set(conn.execute(select(Run.run_id, Run.last_epoch, Run.status)))
-        assert conn.scalar(select(func.count()).select_from(Checkpoint)) == 3
+        assert conn.scalar(select(func.count()).select_from(Checkpoint)) == 5
     engine.dispose()
-    assert stored == {("a", 1, "stopped"), ("b", 1, "running"), ("c", 1, "running")}
+    assert stored == {
+        ("a", 1, "stopped"),
+        ("b", 2, "running"),
+        ("c", 1, "running"),
+        ("d", 1, "running"),
+    }

@@ -334,9 +334,20 @@ def _cases() -> list[Case]:
                 list(range(1, 1100)),
                 MISSING,
             ],
-            "mqe": [[1.0], [1.0, 0.9, 0.8], [-1.0, 0.9], ["1", 0.9], "x", MISSING],
-            "topographic_error": [[0.1, 1.5], [0.1], MISSING],
-            "dead_neuron_ratio": [[0.1, -0.5], [0.1, "0.1"], MISSING],
+            # a diverged map's metric (null, NaN, Infinity) has nothing to forecast from: a 422,
+            # not a 503 that a client would retry
+            "mqe": [
+                [1.0],
+                [1.0, 0.9, 0.8],
+                [-1.0, 0.9],
+                ["1", 0.9],
+                "x",
+                [None, 0.9],
+                RawJSON("[1.0, NaN]"),
+                MISSING,
+            ],
+            "topographic_error": [[0.1, 1.5], [0.1], [0.1, None], MISSING],
+            "dead_neuron_ratio": [[0.1, -0.5], [0.1, "0.1"], RawJSON("[0.1, Infinity]"), MISSING],
             "weights": [
                 [1, 1],
                 [1, 1, 1, 1],

@@ -58,7 +58,8 @@ OPERATIONS = _operations()
 def live_app(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path
 ) -> Iterator[FastAPI]:
-    """One app per backend for the module, with a stored study, run, checkpoint and model."""
+    """One app per backend for the module, with a stored study, run, checkpoint and model, and
+    the shipped model active."""
     if request.param == "sqlite":
         path = tmp_path_factory.mktemp("schemathesis") / "oracle.db"
         shutil.copy(sqlite_template, path)
@@ -66,7 +67,9 @@ def live_app(
     else:
         url = request.getfixturevalue("postgres_server_url")
         _truncate(url)
-    app = create_app(settings_for(url))
+    # The shipped model active: a valid /v1/predict body gets a forecast, whose schema is
+    # checked too (without one, every valid body got the documented 503).
+    app = create_app(settings_for(url, default_model=True))
     with TestClient(app, headers=auth("admin")) as client:
         client.put("/v1/runs/seeded-run", json=SEEDED_RUN).raise_for_status()
         point = {"epoch": 1, "mqe": 1.0, "topographic_error": 0.2, "dead_neuron_ratio": 0.1}

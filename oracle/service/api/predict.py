@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from fastapi import APIRouter, Depends, Request
 
-from oracle.core.errors import ModelUnavailable
+from oracle.core.errors import InvalidInput, ModelUnavailable
 from oracle.core.features import encode_context
 from oracle.core.reference import history_array
 from oracle.core.scoring import Weights
@@ -18,20 +18,26 @@ router = APIRouter(prefix="/v1", tags=["predict"], route_class=JSONRoute)
 
 
 @router.post(
-    "/predict", response_model=PredictionPublic, responses={503: {"description": "no model"}}
+    "/predict",
+    response_model=PredictionPublic,
+    responses={503: {"description": "no model is active (the checkpoints use the median rule)"}},
 )
 async def predict(
     body: PredictIn, request: Request, _: Principal = Depends(require(Role.worker))
 ) -> PredictionPublic:
-    predictor = state_of(request).models.current
-    if predictor is None:
-        raise ModelUnavailable("no model is active yet; decisions use the median rule meanwhile")
     rows = list(
         zip(body.epochs, body.mqe, body.topographic_error, body.dead_neuron_ratio, strict=True)
     )
     history = history_array(rows, body.max_epochs)
     if not np.all(np.isfinite(history[:, 1:4])):
-        raise ModelUnavailable("the history has non-finite metrics (a diverged map): no forecast")
+        # The input's fault, not the service's: a 503 would have clients retry it forever.
+        raise InvalidInput(
+            "mqe, topographic_error and dead_neuron_ratio must all be finite to forecast: "
+            "a diverged map (null, NaN or Infinity) has nothing to forecast from"
+        )
+    predictor = state_of(request).models.current
+    if predictor is None:
+        raise ModelUnavailable("no model is active yet; decisions use the median rule meanwhile")
     weights = (
         tuple(body.weights)
         if body.weights

@@ -368,3 +368,16 @@ def test_write_batch_with_nothing_to_write_writes_nothing(conn: Connection) -> N
         return
     written = store.write_batch(conn, [], [], [], utcnow())
     assert written == store.BatchWritten({}, set(), set())
+
+
+def test_new_runs_read_back_as_sqlalchemy_reads_them(conn: Connection) -> None:
+    """insert_new_runs's states (on SQLite, read on the driver's connection with the columns'
+    own processing) equal what SQLAlchemy reads of the same rows."""
+    study = store.study_pk_of(conn, "s")
+    spec = RunSpec("s", 12, {"sigma": 1.5, "nested": {"a": [1, 2.5, None]}, "é": "ü"}, "iris")
+    made = store.insert_new_runs(conn, [("a", study, spec), ("b", study, RunSpec("s", 3))])
+    read = store.load_run_states(conn, ["a", "b"])
+    for run_id in "ab":
+        assert vars(made[run_id]) == vars(read[run_id])
+    assert made["a"].created_at.tzinfo is not None
+    assert made["a"].config == spec.config and made["b"].config is None

@@ -13,12 +13,15 @@ finish it) take Core statements that cannot fail on their own: whatever they can
 retry, a conflict, a lost race) goes one at a time, in its own transaction, after the batch,
 through the ORM code that knows every rule.
 
-A batch's checkpoints cost one statement on Postgres (an UPDATE of all their runs feeding the
-INSERT of their rows), an UPDATE and a multi-row INSERT on SQLite: the process keeps each
-running run's history between checkpoints, and the UPDATE is a compare-and-swap on each run's
-last epoch, so a history that changed elsewhere (another replica, a finish) is
-noticed, reloaded and decided again. The model's forecasts for the batch are made together,
-one network step for all the runs it has seen before.
+A batch is planned first (its checkpoints decided, against committed reference sets), then
+written. On Postgres the whole batch (starts, finishes, checkpoints) is one statement, run
+outside a transaction block: one round trip (`store.write_batch`). On SQLite it is a few
+statements run on the driver's connection: the new runs, the finishes, an UPDATE of the runs
+that advance and a multi-row INSERT of their checkpoints. The process keeps each running
+run's history between checkpoints, and every UPDATE is a compare-and-swap on the run's last
+epoch, so a history that changed elsewhere (another replica, a finish) is noticed, reloaded
+and decided again. The model's forecasts for the batch are made together, one network step
+for all the runs it has seen before.
 """
 
 from __future__ import annotations
@@ -214,8 +217,9 @@ class Recorder:
         event loop, which cost more than the statement itself (0.2 ms alone, 3-15 ms beside
         the loop under load). On SQLite, BEGIN IMMEDIATE (which may wait for another
         process's write) and COMMIT (an fsync) go to the thread; on Postgres each round trip
-        is awaited (SQLAlchemy's asyncio session, the same code run in a greenlet). The rare
-        one-at-a-time writes go to the thread too.
+        is awaited (SQLAlchemy's asyncio engine, the same code run in a greenlet), and a
+        batch without general writes is one round trip. The rare one-at-a-time writes go to
+        the thread too.
         """
         loop = asyncio.get_running_loop()
         outcome = _Outcome(batch)

@@ -684,17 +684,7 @@ def finish_runs(
     """End running runs (state, status, finals) in one statement; the keys of those ended
     (the others ended or moved on elsewhere). Runs completed at max_epochs join their study's
     reference set, numbered in this order, as finish_run does."""
-    rows = [
-        {
-            "pk": state.pk,
-            "from": _guard_epoch(state.last_epoch),
-            "status": status,
-            "mqe": final.mqe,
-            "te": final.topographic_error,
-            "dead": final.dead_neuron_ratio,
-        }
-        for state, status, final in ends
-    ]
+    rows = [_end_row(state, status, final) for state, status, final in ends]
     ended = _execute_values(conn, "finish", rows, finished_at=finished_at)
     joining: dict[int, list[int]] = {}
     for state, status, _ in ends:
@@ -790,11 +780,7 @@ def store_checkpoints(
     if not checkpoints:
         return set()
     if conn.dialect.name == "postgresql":
-        rows = [
-            {"pk": state.pk, "from": _guard_epoch(state.last_epoch)}
-            | {name: row[name] for name in _CHECKPOINT_FIELDS}
-            for state, row in checkpoints
-        ]
+        rows = [_checkpoint_row(state, row) for state, row in checkpoints]
         return _execute_values(conn, "checkpoint", rows)
     moved = advance_runs(conn, [(state, row["epoch"]) for state, row in checkpoints])
     insert_checkpoint_rows(
@@ -845,24 +831,15 @@ def write_batch(
         for run_id, study_pk, spec in starts
     ]
     end_rows = [
-        {
-            "pk": state.pk,
-            "from": _guard_epoch(state.last_epoch),
-            "status": status,
-            "mqe": final.mqe,
-            "te": final.topographic_error,
-            "dead": final.dead_neuron_ratio,
+        _end_row(state, status, final)
+        | {
             "study_pk": state.study_pk,
             "joins": joins_reference(status, state.last_epoch, state.max_epochs),
             "ord": n,
         }
         for n, (state, status, final) in enumerate(ends)
     ]
-    checkpoint_rows = [
-        {"pk": state.pk, "from": _guard_epoch(state.last_epoch)}
-        | {name: row[name] for name in _CHECKPOINT_FIELDS}
-        for state, row in checkpoints
-    ]
+    checkpoint_rows = [_checkpoint_row(state, row) for state, row in checkpoints]
     params = {
         "starts": _json_rows(start_rows),
         "ends": _json_rows(end_rows),
@@ -946,6 +923,25 @@ UNION ALL SELECT 'end', pk, {nulls} FROM ended
 UNION ALL SELECT 'checkpoint', run_pk, {nulls} FROM stored
 """
     return text(sql).columns(column("kind", String), *_STATE_COLUMNS)
+
+
+def _end_row(state: RunState, status: str, final: Metrics) -> dict[str, Any]:
+    """A finish's values for the guarded UPDATE (the "finish" kind of `_VALUE_COLUMNS`)."""
+    return {
+        "pk": state.pk,
+        "from": _guard_epoch(state.last_epoch),
+        "status": status,
+        "mqe": final.mqe,
+        "te": final.topographic_error,
+        "dead": final.dead_neuron_ratio,
+    }
+
+
+def _checkpoint_row(state: RunState, row: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's values with its run's guard (the "checkpoint" kind)."""
+    return {"pk": state.pk, "from": _guard_epoch(state.last_epoch)} | {
+        name: row[name] for name in _CHECKPOINT_FIELDS
+    }
 
 
 def _guard_epoch(epoch: int | None) -> int:

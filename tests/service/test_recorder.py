@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
 import structlog
 import structlog.testing
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, func, select
 
@@ -19,6 +21,18 @@ from oracle.service.main import create_app
 from tests.conftest import _truncate, auth, settings_for
 
 POINT = {"mqe": 1.0, "topographic_error": 0.1, "dead_neuron_ratio": 0.1}
+
+
+@asynccontextmanager
+async def _serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """The app started (its lifespan) and a worker's client calling it in process: the
+    concurrent requests of a test share one event loop with the app's writer."""
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test", headers=auth("worker")) as c,
+    ):
+        yield c
 
 
 @pytest.fixture
@@ -80,13 +94,7 @@ def test_recorder_stores_concurrent_checkpoints_of_many_runs_exactly_once(
     runs, epochs = 40, 6
 
     async def scenario() -> list[httpx.Response]:
-        transport = httpx.ASGITransport(app=app)
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(
-                transport=transport, base_url="http://test", headers=auth("worker")
-            ) as client,
-        ):
+        async with _serving(app) as client:
             await asyncio.gather(
                 *(
                     client.put(f"/v1/runs/c{i}", json={"study_id": "s", "max_epochs": 10})
@@ -141,13 +149,7 @@ def test_recorder_batches_starts_checkpoints_and_finishes_of_many_runs(database_
     runs, max_epochs = 30, 4
 
     async def scenario() -> dict[int, list[httpx.Response]]:
-        transport = httpx.ASGITransport(app=app)
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(
-                transport=transport, base_url="http://test", headers=auth("worker")
-            ) as client,
-        ):
+        async with _serving(app) as client:
 
             async def worker(i: int) -> list[httpx.Response]:
                 base = f"/v1/runs/m{i}"
@@ -252,13 +254,7 @@ def test_postgres_writes_a_batch_in_one_autocommitted_statement_when_it_can(
     spec = {"study_id": "s", "max_epochs": 5}
 
     async def scenario() -> list[httpx.Response]:
-        transport = httpx.ASGITransport(app=app)
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(
-                transport=transport, base_url="http://test", headers=auth("worker")
-            ) as client,
-        ):
+        async with _serving(app) as client:
             out = [await client.put(f"/v1/runs/{r}", json=spec) for r in ("a", "b")]
             out.append(await client.post("/v1/runs/a/checkpoints", json={"epoch": 1, **POINT}))
             # a start, a finish and a checkpoint together: one batch, one statement

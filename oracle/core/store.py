@@ -602,16 +602,8 @@ def insert_new_runs(
         return {}
     now = utcnow()
     rows = [
-        {
-            "run_id": run_id,
-            "study_pk": study_pk,
-            "max_epochs": spec.max_epochs,
-            "config": spec.config,
-            "dataset": spec.dataset,
-            "status": "running",
-            "n_checkpoints": 0,
-            "created_at": now,
-        }
+        _start_row(run_id, study_pk, spec)
+        | {"status": "running", "n_checkpoints": 0, "created_at": now}
         for run_id, study_pk, spec in starts
     ]
     if conn.dialect.name == "sqlite":
@@ -656,9 +648,7 @@ def _driver_new_run_statement(dialect: Dialect) -> tuple[str, _Processors, _Proc
             .on_conflict_do_nothing(index_elements=["run_id"])
             .returning(*_STATE_COLUMNS)
         )
-        sql, positions, _ = _compile(statement, dialect)
-        if positions is None:
-            raise RuntimeError(f"{dialect.name} does not take positional parameters")
+        sql, positions = _positional(statement, dialect)
         bound = tuple((name, _bind_processor(_runs.c[name], dialect)) for name in positions)
         read = tuple(
             (c.name, c.type.dialect_impl(dialect).result_processor(dialect, None))
@@ -710,17 +700,15 @@ def _run_small(conn: Connection, statement: Any, params: Any) -> list[Any]:
     key = (id(statement), conn.dialect.name, conn.dialect.paramstyle)
     compiled = _SMALL.get(key)
     if compiled is None:
-        compiled = _SMALL[key] = _compile(statement, conn.dialect)
-    sql, positions, _ = compiled
-    if positions is None:
-        raise RuntimeError(f"{conn.dialect.name} does not take positional parameters")
+        compiled = _SMALL[key] = _positional(statement, conn.dialect)
+    sql, positions = compiled
     if isinstance(params, list):
         many = [tuple(p[name] for name in positions) for p in params]
         return _driver_execute(conn, sql, many, many=True)
     return _driver_execute(conn, sql, tuple(params[name] for name in positions))
 
 
-_SMALL: dict[tuple[int, str, str], _Compiled] = {}
+_SMALL: dict[tuple[int, str, str], tuple[str, tuple[str, ...]]] = {}
 
 
 def insert_checkpoint_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
@@ -759,9 +747,7 @@ def _driver_insert(dialect: Dialect) -> tuple[str, tuple[tuple[str, Any], ...]]:
     if found is None:
         names = [c.name for c in _checkpoints.columns]
         statement = _checkpoints.insert().values({name: bindparam(name) for name in names})
-        sql, positions, _ = _compile(statement, dialect)
-        if positions is None:
-            raise RuntimeError(f"{dialect.name} does not take positional parameters")
+        sql, positions = _positional(statement, dialect)
         bound = tuple((name, _bind_processor(_checkpoints.c[name], dialect)) for name in positions)
         found = _DRIVER_INSERTS[key] = (sql, bound)
     return found
@@ -820,16 +806,7 @@ def write_batch(
     """
     if conn.dialect.name != "postgresql":
         raise ValueError("write_batch is Postgres's: SQLite has no data-modifying CTEs")
-    start_rows = [
-        {
-            "run_id": run_id,
-            "study_pk": study_pk,
-            "max_epochs": spec.max_epochs,
-            "config": spec.config,
-            "dataset": spec.dataset,
-        }
-        for run_id, study_pk, spec in starts
-    ]
+    start_rows = [_start_row(run_id, study_pk, spec) for run_id, study_pk, spec in starts]
     end_rows = [
         _end_row(state, status, final)
         | {
@@ -923,6 +900,17 @@ UNION ALL SELECT 'end', pk, {nulls} FROM ended
 UNION ALL SELECT 'checkpoint', run_pk, {nulls} FROM stored
 """
     return text(sql).columns(column("kind", String), *_STATE_COLUMNS)
+
+
+def _start_row(run_id: str, study_pk: int, spec: RunSpec) -> dict[str, Any]:
+    """A new run's values as its start gives them (both insert paths add the same state)."""
+    return {
+        "run_id": run_id,
+        "study_pk": study_pk,
+        "max_epochs": spec.max_epochs,
+        "config": spec.config,
+        "dataset": spec.dataset,
+    }
 
 
 def _end_row(state: RunState, status: str, final: Metrics) -> dict[str, Any]:
@@ -1071,6 +1059,15 @@ def _compile(statement: Any, dialect: Dialect) -> _Compiled:
     positional = compiled.positional and compiled.positiontup is not None
     positions = tuple(compiled.positiontup or ()) if positional else None
     return compiled.string, positions, dict(compiled.params)
+
+
+def _positional(statement: Any, dialect: Dialect) -> tuple[str, tuple[str, ...]]:
+    """`statement` as the driver's SQL with positional parameters, and their names in order
+    (the driver-level paths bind by position)."""
+    sql, positions, _ = _compile(statement, dialect)
+    if positions is None:
+        raise RuntimeError(f"{dialect.name} does not take positional parameters")
+    return sql, positions
 
 
 def _bind_processor(column: Any, dialect: Dialect) -> Callable[[Any], Any] | None:

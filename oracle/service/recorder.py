@@ -3,9 +3,9 @@ are stored together, in one transaction with one commit (group commit).
 
 Why: a commit is an fsync, and SQLite admits one writer at a time. Sixty-four workers posting
 at once cost one fsync per batch instead of one each. A batch's statements run on the event
-loop; what blocks (SQLite's BEGIN IMMEDIATE and COMMIT) runs on the writer thread, so the loop
-keeps parsing requests meanwhile, and Postgres's round trips are awaited (see
-`Recorder._write`).
+loop; what blocks (SQLite's COMMIT, and a BEGIN IMMEDIATE that must wait for another process's
+write) runs on the writer thread, so the loop keeps parsing requests meanwhile, and Postgres's
+round trips are awaited (see `Recorder._write`).
 
 Each general write of a batch runs in its own SAVEPOINT, so one that fails (a conflict, say)
 takes nothing else with it. The writes of the workers' loop (start a run, its checkpoints,
@@ -41,7 +41,7 @@ from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from oracle.core import store
-from oracle.core.db import Database
+from oracle.core.db import Database, begin_nowait
 from oracle.core.errors import InvalidInput, NotFound, OracleError
 from oracle.core.policy import Situation, chain_for, decide
 from oracle.core.reference import Thresholds
@@ -215,8 +215,8 @@ class Recorder:
         The batch's statements run on the event loop, and only what blocks goes to the writer
         thread. From a thread, each step of a statement had to win the GIL back from the busy
         event loop, which cost more than the statement itself (0.2 ms alone, 3-15 ms beside
-        the loop under load). On SQLite, BEGIN IMMEDIATE (which may wait for another
-        process's write) and COMMIT (an fsync) go to the thread; on Postgres each round trip
+        the loop under load). On SQLite, COMMIT (an fsync) goes to the thread, and so does
+        BEGIN IMMEDIATE when it must wait for another process's write; on Postgres each round trip
         is awaited (SQLAlchemy's asyncio engine, the same code run in a greenlet), and a
         batch without general writes is one round trip. The rare one-at-a-time writes go to
         the thread too.
@@ -243,11 +243,18 @@ class Recorder:
     async def _write_sqlite(self, batch: list[_Item], outcome: _Outcome) -> None:
         """On a Connection, not a Session: the ORM's transaction bookkeeping around a batch
         (begin, connection, commit, close) cost ~80 µs of the event loop's time, and only
-        general writes need it (`_store_batch` makes a Session for those)."""
+        general writes need it (`_store_batch` makes a Session for those).
+
+        BEGIN IMMEDIATE is tried on the loop, where it takes the write lock at once unless
+        another process holds it (`begin_nowait`); only then does it wait, on the thread. A
+        hop to the thread and back took a batch's wall time, with the GIL handed over twice."""
         loop = asyncio.get_running_loop()
         conn = self.db.write_engine.connect()
         try:
-            await loop.run_in_executor(self._executor, conn.begin)  # BEGIN IMMEDIATE
+            if not begin_nowait(conn):  # another process writes: wait for it on the thread
+                conn.close()
+                conn = self.db.write_engine.connect()
+                await loop.run_in_executor(self._executor, conn.begin)  # BEGIN IMMEDIATE
             self._store_batch(conn, batch, outcome)
             await loop.run_in_executor(self._executor, conn.commit)
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -297,3 +298,43 @@ def test_postgres_writes_a_batch_in_one_autocommitted_statement_when_it_can(
         ("c", 1, "running"),
         ("d", 1, "running"),
     }
+
+
+def test_sqlite_writer_waits_for_another_process_write_lock_off_the_event_loop(
+    sqlite_url: str,
+) -> None:
+    """The batch's BEGIN IMMEDIATE is tried on the event loop without waiting; while another
+    process holds the write lock, the batch waits for it on the writer thread, and the loop
+    keeps serving meanwhile."""
+    app = create_app(settings_for(sqlite_url))
+
+    async def scenario() -> None:
+        async with _serving(app) as client:
+            put = await client.put("/v1/runs/r", json={"study_id": "s", "max_epochs": 10})
+            assert put.status_code == 201
+            other = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")  # another process writes
+            try:
+                pending = asyncio.create_task(
+                    client.post("/v1/runs/r/checkpoints", json={"epoch": 1, **POINT})
+                )
+                await asyncio.sleep(0.3)
+                assert not pending.done()  # waiting for the lock...
+                assert (await client.get("/healthz")).status_code == 200  # ...off the loop
+                assert not pending.done()
+            finally:
+                other.rollback()
+                other.close()
+            answer = await asyncio.wait_for(pending, timeout=10)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["epoch"] == 1
+
+    with structlog.testing.capture_logs() as logs:
+        asyncio.run(scenario())
+    # stored by the batch once it had the lock, not failed over to one-at-a-time
+    assert not [e for e in logs if e["event"] == "write_batch_failed"], logs
+    engine = create_engine(sqlite_url)
+    with engine.connect() as conn:
+        assert conn.scalar(select(Run.last_epoch).where(Run.run_id == "r")) == 1
+        assert conn.scalar(select(func.count()).select_from(Checkpoint)) == 1
+    engine.dispose()

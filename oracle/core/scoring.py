@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Annotated, Literal
 
@@ -31,11 +32,31 @@ class Weights(BaseModel):
         value = self.mqe * mqe + self.topographic_error * te + self.dead_neuron_ratio * dead
         return value if math.isfinite(value) else math.inf
 
+    def vector(self) -> np.ndarray:
+        """(w_mqe, w_te, w_dead) as a read-only array, made once per set of weights."""
+        return _vector(self.mqe, self.topographic_error, self.dead_neuron_ratio)
+
     def scores(self, metrics: np.ndarray) -> np.ndarray:
         """Row-wise scores of an (n, 3) array; NaN rows (non-finite metrics) score +inf."""
-        w = np.array([self.mqe, self.topographic_error, self.dead_neuron_ratio])
-        values = metrics @ w
+        values = metrics @ self.vector()
         return np.where(np.isfinite(values), values, np.inf)
+
+    def best(self, metrics: np.ndarray) -> float:
+        """The lowest row score of an (n, 3) array: `scores(metrics).min()`, without the
+        second array when every row is finite (each checkpoint asks for this)."""
+        values = metrics @ self.vector()
+        best = float(values.min())
+        if math.isnan(best):  # a non-finite metric: that row scores +inf
+            finite = values[np.isfinite(values)]
+            return float(finite.min()) if finite.size else math.inf
+        return best
+
+
+@functools.lru_cache(maxsize=256)
+def _vector(mqe: float, te: float, dead: float) -> np.ndarray:
+    out = np.array([mqe, te, dead], dtype=np.float64)
+    out.flags.writeable = False
+    return out
 
 
 class Threshold(BaseModel):

@@ -513,7 +513,13 @@ class RunState:
             array = self._array = history_array(self.history, self.max_epochs)
         out = np.empty((n + 1, 4), dtype=np.float64)
         out[:n] = array
-        out[n] = history_array([point], self.max_epochs)[0]
+        epoch, mqe, te, dead = point  # as history_array makes a row, without its loop
+        out[n] = (
+            epoch / self.max_epochs,
+            math.nan if mqe is None else mqe,
+            math.nan if te is None else te,
+            math.nan if dead is None else dead,
+        )
         out.flags.writeable = False  # shared by the decision and, once stored, by the next
         return out
 

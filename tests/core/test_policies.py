@@ -21,7 +21,7 @@ from oracle.core.policy import (
     decide,
 )
 from oracle.core.reference import ReferenceSet
-from oracle.core.scoring import StudyPolicy, Threshold
+from oracle.core.scoring import StudyPolicy, Threshold, Weights
 
 
 def reference(scales: list[float]) -> ReferenceSet:
@@ -182,3 +182,24 @@ def test_a_situation_with_its_forecast_keeps_every_other_field() -> None:
     assert made == replaced
     for f in dataclasses.fields(s):
         assert getattr(made, f.name) is getattr(replaced, f.name), f.name
+
+
+_METRIC = st.one_of(
+    st.floats(0, 1e300, allow_nan=False, allow_infinity=False),
+    st.just(float("nan")),  # a non-finite metric, as history_array stores it
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(st.tuples(_METRIC, _METRIC, _METRIC), min_size=1, max_size=30),
+    weights=st.tuples(*[st.floats(0, 1e6, allow_nan=False)] * 3),
+)
+def test_the_best_score_is_the_lowest_of_the_row_scores(
+    rows: list[tuple[float, float, float]], weights: tuple[float, float, float]
+) -> None:
+    """`Weights.best` (the median rule's "best score so far") skips the second array that
+    `scores` makes; it must still answer what `scores(...).min()` answers, +inf included."""
+    w = Weights(mqe=weights[0], topographic_error=weights[1], dead_neuron_ratio=weights[2])
+    metrics = np.array(rows, dtype=np.float64)
+    assert w.best(metrics) == float(w.scores(metrics).min())

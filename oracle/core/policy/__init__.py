@@ -1,5 +1,7 @@
 """Decision policies: one small class each, asked in order until one answers."""
 
+import functools
+
 from oracle.core.policy.base import Policy, Prediction, Predictor, Situation, Verdict, decide
 from oracle.core.policy.guard import GuardPolicy
 from oracle.core.policy.median import MedianPolicy
@@ -23,6 +25,7 @@ __all__ = [
 ]
 
 
+@functools.cache  # the policies hold no state: one chain per setting, not one per checkpoint
 def chain_for(decider: str) -> tuple[Policy, ...]:
     """The policies of a study's `decider` setting, in the order they are asked."""
     head: tuple[Policy, ...] = (GuardPolicy(), WarmupPolicy())

@@ -96,6 +96,10 @@ class Situation:
     def scores(self) -> np.ndarray:
         return self.policy.weights.scores(self.history[:, 1:4])
 
+    def best_score(self) -> float:
+        """The run's best (lowest) score so far; +inf when no checkpoint has one."""
+        return self.policy.weights.best(self.history[:, 1:4])
+
     def predict(self) -> Prediction | None:
         """The model's forecast of this run with the study's weights; None without a model
         or for a history with non-finite metrics (nothing to forecast from)."""

@@ -6,8 +6,6 @@ median) of its finished runs' scores at the same progress `epoch / max_epochs`.
 
 from __future__ import annotations
 
-import numpy as np
-
 from oracle.core.policy.base import Policy, Situation, Verdict, fmt
 
 
@@ -17,7 +15,7 @@ class MedianPolicy(Policy):
     def decide(self, situation: Situation) -> Verdict:
         progress = situation.progress
         threshold = situation.thresholds.at(progress)
-        best = float(np.min(situation.scores()))
+        best = situation.best_score()
         what = _threshold_name(situation)
         if best > threshold:
             return Verdict(

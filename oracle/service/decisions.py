@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from oracle.core import store
@@ -86,9 +87,14 @@ def _record(
 
 
 def row_of_verdict(
-    body: CheckpointIn, observed: Metrics, max_epochs: int, verdict: Verdict
+    body: CheckpointIn,
+    observed: Metrics,
+    max_epochs: int,
+    verdict: Verdict,
+    received_at: datetime | None = None,
 ) -> dict[str, Any]:
-    """The checkpoint row: what was observed and what was answered, stored as one."""
+    """The checkpoint row: what was observed and what was answered, stored as one.
+    `received_at`: when it arrived (a batch's time, shared by its rows), else now."""
     p = verdict.prediction
     low, high = p.interval(0.8) if p is not None else (None, None)
     return {
@@ -107,7 +113,7 @@ def row_of_verdict(
         "score_high": _finite(high),
         "threshold": _finite(verdict.threshold),
         "model_version": p.model_version if p else None,
-        "received_at": utcnow(),
+        "received_at": received_at or utcnow(),
     }
 
 

@@ -445,7 +445,7 @@ class Recorder:
             situated, self._forecast(situations), strict=True
         ):
             verdict = decide(chain_for(situation.policy.decider), situation)
-            row = row_of_verdict(pending.body, observed, state.max_epochs, verdict)
+            row = row_of_verdict(pending.body, observed, state.max_epochs, verdict, plan.now)
             plan.checkpoints.append(((i, state, point, situation.history), row))
         return plan
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import OperationalError
 
 from oracle.core.db import begin_nowait, make_engine
 
@@ -14,7 +17,7 @@ BUSY_TIMEOUT_MS = 2_000
 
 
 @pytest.fixture
-def engine(sqlite_url: str) -> Engine:
+def engine(sqlite_url: str) -> Iterator[Engine]:
     engine = make_engine(sqlite_url, writer=True, busy_timeout_ms=BUSY_TIMEOUT_MS)
     yield engine
     engine.dispose()
@@ -63,7 +66,7 @@ def test_begin_nowait_gives_up_at_once_when_another_writer_holds_the_lock(
         with engine.connect() as conn:
             assert _busy_timeout(conn) == BUSY_TIMEOUT_MS
             started = time.perf_counter()
-            with pytest.raises(Exception, match="locked"):
+            with pytest.raises(OperationalError, match="locked"):
                 conn.begin()
             waited = time.perf_counter() - started
             assert waited >= BUSY_TIMEOUT_MS / 1000 * 0.9
@@ -74,9 +77,7 @@ def test_begin_nowait_gives_up_at_once_when_another_writer_holds_the_lock(
         conn.rollback()
 
 
-def test_a_failed_begin_is_wrapped_as_sqlalchemy_wraps_a_statement(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from sqlalchemy.exc import OperationalError
-
+def test_a_failed_begin_is_wrapped_as_sqlalchemy_wraps_a_statement(tmp_path: Path) -> None:
     path = tmp_path / "locked.db"
     sqlite3.connect(path).close()
     engine = make_engine(f"sqlite:///{path}", writer=True, busy_timeout_ms=50)

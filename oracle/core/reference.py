@@ -8,6 +8,7 @@ two precomputed thresholds, whatever the number of runs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -26,12 +27,20 @@ HistoryRow = tuple[int, float | None, float | None, float | None]
 def history_array(rows: Sequence[HistoryRow], max_epochs: int) -> np.ndarray:
     """(n, 4) float array of (progress, mqe, te, dead); NaN marks a non-finite metric."""
     out = np.empty((len(rows), 4), dtype=np.float64)
-    for i, (epoch, mqe, te, dead) in enumerate(rows):
-        out[i, 0] = epoch / max_epochs
-        out[i, 1] = np.nan if mqe is None else mqe
-        out[i, 2] = np.nan if te is None else te
-        out[i, 3] = np.nan if dead is None else dead
+    for i, row in enumerate(rows):
+        out[i] = history_row(row, max_epochs)
     return out
+
+
+def history_row(row: HistoryRow, max_epochs: int) -> tuple[float, float, float, float]:
+    """One row of `history_array`."""
+    epoch, mqe, te, dead = row
+    return (
+        epoch / max_epochs,
+        math.nan if mqe is None else mqe,
+        math.nan if te is None else te,
+        math.nan if dead is None else dead,
+    )
 
 
 def curve_on_grid(history: np.ndarray) -> np.ndarray:

@@ -31,13 +31,14 @@ from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSON
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeDecorator
 
+from oracle.core.db import driver_execute
 from oracle.core.errors import Conflict, NotFound
 from oracle.core.features import encode_context
-from oracle.core.reference import HistoryRow, history_array
+from oracle.core.reference import HistoryRow, history_array, history_row
 from oracle.core.scoring import StudyPolicy
 from oracle.core.tables import Checkpoint, Run, Study, utcnow
 
@@ -513,13 +514,7 @@ class RunState:
             array = self._array = history_array(self.history, self.max_epochs)
         out = np.empty((n + 1, 4), dtype=np.float64)
         out[:n] = array
-        epoch, mqe, te, dead = point  # as history_array makes a row, without its loop
-        out[n] = (
-            epoch / self.max_epochs,
-            math.nan if mqe is None else mqe,
-            math.nan if te is None else te,
-            math.nan if dead is None else dead,
-        )
+        out[n] = history_row(point, self.max_epochs)
         out.flags.writeable = False  # shared by the decision and, once stored, by the next
         return out
 
@@ -625,7 +620,7 @@ def _driver_new_runs(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, 
     states = {}
     for row in rows:
         args = tuple([row[name] if bind is None else bind(row[name]) for name, bind in bound])
-        for returned in _driver_execute(conn, sql, args):
+        for returned in driver_execute(conn, sql, args):
             fields = {
                 name: value if process is None else process(value)
                 for (name, process), value in zip(read, returned, strict=True)
@@ -698,7 +693,7 @@ def finish_runs(
 
 def _run_small(conn: Connection, statement: Any, params: Any) -> list[Any]:
     """A statement of integers only (no bind or result processing), for many parameter sets
-    if `params` is a list: on SQLite on the driver's connection (`_driver_execute`), else
+    if `params` is a list: on SQLite on the driver's connection (`db.driver_execute`), else
     through SQLAlchemy. Its rows."""
     if conn.dialect.name != "sqlite":
         result = conn.execute(statement, params)
@@ -710,8 +705,8 @@ def _run_small(conn: Connection, statement: Any, params: Any) -> list[Any]:
     sql, positions = compiled
     if isinstance(params, list):
         many = [tuple(p[name] for name in positions) for p in params]
-        return _driver_execute(conn, sql, many, many=True)
-    return _driver_execute(conn, sql, tuple(params[name] for name in positions))
+        return driver_execute(conn, sql, many, many=True)
+    return driver_execute(conn, sql, tuple(params[name] for name in positions))
 
 
 _SMALL: dict[tuple[int, str, str], tuple[str, tuple[str, ...]]] = {}
@@ -737,7 +732,7 @@ def insert_checkpoint_rows(conn: Connection, rows: list[dict[str, Any]]) -> None
         (name, _last_kept(bind) if name == "received_at" and bind is not None else bind)
         for name, bind in bound
     )
-    _driver_execute(
+    driver_execute(
         conn,
         sql,
         [
@@ -1015,30 +1010,7 @@ def _execute_values(
         value = shared["finished_at"]
         params["b_finished_at"] = process(value) if process is not None else value
     args = tuple(params[name] for name in positions) if positions is not None else params
-    return {int(pk) for (pk,) in _driver_execute(conn, sql, args)}
-
-
-def _driver_execute(conn: Connection, sql: str, args: Any, *, many: bool = False) -> list[Any]:
-    """Run driver SQL on `conn`'s DBAPI connection, in its transaction; the rows it returns.
-
-    For the writer's batch statements on SQLite, whose SQL and parameters are ready for the
-    driver: SQLAlchemy's execution context and result around them (events, cursor metadata,
-    the result object) cost ~45 µs a statement, five times the statement itself (an UPDATE of
-    one run: 55 µs against 9 µs, measured on this box). The driver's errors are wrapped as
-    SQLAlchemy wraps them, so that `storage_errors` and the batch's rollback see the same
-    exceptions either way.
-    """
-    driver = conn.connection.driver_connection
-    assert driver is not None  # the connection is checked out, in its transaction
-    try:
-        if many:
-            driver.executemany(sql, args).close()
-            return []
-        return list(driver.execute(sql, args).fetchall())
-    except conn.dialect.loaded_dbapi.Error as e:
-        raise DBAPIError.instance(
-            sql, args, e, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect, ismulti=many
-        ) from e
+    return {int(pk) for (pk,) in driver_execute(conn, sql, args)}
 
 
 # The most rows one batch statement takes (the writer's batch cap), a power of two.

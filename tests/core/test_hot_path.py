@@ -246,7 +246,7 @@ def test_the_drivers_insert_stores_what_sqlalchemys_stores(conn: Connection) -> 
 
 
 def test_a_driver_level_failure_surfaces_as_sqlalchemys_exception(sqlite_url: str) -> None:
-    """SQLite's batch statements run on the driver's connection (store._driver_execute); its
+    """SQLite's batch statements run on the driver's connection (db.driver_execute); its
     errors must still arrive wrapped as SQLAlchemy wraps them, which is what storage_errors
     turns into a 503 and what rolls the batch back. Here the database is read-only."""
     engine = create_engine(normalize_url(sqlite_url))

@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export DATABASE_URL ?= sqlite:///./var/oracle.db
 
-.PHONY: serve test lint bench install install-service clean
+.PHONY: serve test lint bench install install-service system-deps clean
 
 # The service alone: no TensorFlow.
 $(BIN)/oracle: pyproject.toml
@@ -32,7 +32,23 @@ lint: $(VENV)/.dev
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint
+# System packages the suite drives for real: haproxy (the compose file's proxy config is
+# checked with `haproxy -c`) and chromium (the dashboard is rendered in a real browser).
+# Installed with apt-get when missing and running as root; otherwise named, and the run stops.
+system-deps:
+	@need=""; \
+	command -v haproxy >/dev/null || need="$$need haproxy"; \
+	command -v chromium >/dev/null || need="$$need chromium"; \
+	if [ -n "$$need" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need; \
+		else \
+			echo "make test needs system packages:$$need (sudo apt-get install$$need)" >&2; \
+			exit 1; \
+		fi; \
+	fi
+
+test: lint system-deps
 	$(BIN)/pytest
 
 bench: $(VENV)/.dev

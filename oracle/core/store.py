@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any, cast
 
 import numpy as np
+import orjson
 from sqlalchemy import (
     Connection,
     DateTime,
@@ -854,7 +855,15 @@ def write_batch(
 
 
 def _json_rows(rows: list[dict[str, Any]]) -> str:
-    return json.dumps(rows, default=_json_value, allow_nan=False)
+    """Rows as one JSON parameter. orjson writes them ~15x faster than json (0.9 against
+    15 µs a checkpoint row: a float's shortest repr, above all), which was 2% of the server's
+    time on Postgres. It refuses an integer beyond 64 bits, which a run's free-form config
+    may hold: such a batch goes through json. No row holds NaN (non-finite metrics are NULL,
+    configs with one are refused): json would refuse one; orjson would write null."""
+    try:
+        return orjson.dumps(rows, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(rows, default=_json_value, allow_nan=False)
 
 
 def _write_batch_statement() -> Any:
@@ -994,7 +1003,7 @@ def _execute_values(
         return set()
     if conn.dialect.name == "postgresql":
         params = {f"b_{name}": value for name, value in shared.items()}
-        params["b_rows"] = json.dumps(rows, default=_json_value, allow_nan=False)
+        params["b_rows"] = _json_rows(rows)
         return {int(pk) for pk in conn.execute(_RECORDSETS[kind], params).scalars()}
     # Padded to a power of two with rows that match no run (no key is negative): a handful of
     # statement shapes, compiled once each, not one per batch size.

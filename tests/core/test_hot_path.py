@@ -4,7 +4,9 @@ stale views."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -140,16 +142,12 @@ def test_a_checkpoint_value_the_column_refuses_fails_the_statement(conn: Connect
 
 def test_a_non_finite_number_is_never_stored_as_one(conn: Connection) -> None:
     # The service stores a diverged metric as None before it gets here; this is the floor.
+    # Both backends store it as NULL ("not a number"): SQLite a NaN REAL, Postgres's JSON rows
+    # (orjson writes NaN as null).
     study = store.study_pk_of(conn, "s")
     run = store.insert_new_runs(conn, [("a", study, RunSpec("s", 10))])["a"]
-    if conn.dialect.name == "postgresql":  # the JSON rows refuse it: nothing is written
-        with pytest.raises(ValueError):
-            store.store_checkpoints(conn, [(run, _row(0, mqe=float("nan")))])
-        assert conn.execute(select(Checkpoint.__table__)).first() is None
-        assert _runs(conn)["a"].last_epoch is None
-    else:  # SQLite stores a NaN REAL as NULL
-        assert store.store_checkpoints(conn, [(run, _row(0, mqe=float("nan")))]) == {run.pk}
-        assert conn.execute(select(Checkpoint.__table__.c.mqe)).scalar_one() is None
+    assert store.store_checkpoints(conn, [(run, _row(0, mqe=float("nan")))]) == {run.pk}
+    assert conn.execute(select(Checkpoint.__table__.c.mqe)).scalar_one() is None
 
 
 def test_finish_ends_running_runs_and_numbers_the_completed_ones(conn: Connection) -> None:
@@ -381,3 +379,30 @@ def test_new_runs_read_back_as_sqlalchemy_reads_them(conn: Connection) -> None:
         assert vars(made[run_id]) == vars(read[run_id])
     assert made["a"].created_at.tzinfo is not None
     assert made["a"].config == spec.config and made["b"].config is None
+
+
+def test_json_rows_match_what_json_writes_and_fall_back_for_what_orjson_refuses() -> None:
+    """The Postgres writer's rows go out through orjson; what it cannot write (an integer
+    beyond 64 bits, which a run's free-form config may hold) goes through json."""
+    now = utcnow()
+    rows: list[dict[str, Any]] = [
+        {"pk": 1, "mqe": 0.1 + 0.2, "te": None, "reason": 'ünï "q"', "at": now},
+        {"pk": 2, "mqe": np.float64(1e-300), "config": {"a": [1, 2.5, True]}, "at": now},
+    ]
+    written = json.loads(store._json_rows(rows))
+    assert written == json.loads(json.dumps(rows, default=store._json_value))
+    assert datetime.fromisoformat(written[0]["at"]) == now
+    huge = [{"pk": 3, "config": {"seed": 10**30}}]
+    assert json.loads(store._json_rows(huge)) == huge
+
+
+def test_write_batch_starts_a_run_whose_config_holds_an_integer_beyond_64_bits(
+    conn: Connection,
+) -> None:
+    if conn.dialect.name != "postgresql":
+        pytest.skip("write_batch is Postgres's")
+    study = store.study_pk_of(conn, "s")
+    spec = RunSpec("s", 5, {"seed": 10**30}, None)
+    written = store.write_batch(conn, [("huge", study, spec)], [], [], utcnow())
+    assert written.started["huge"].config == {"seed": 10**30}
+    assert _runs(conn)["huge"].config == {"seed": 10**30}

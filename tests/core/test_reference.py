@@ -1,0 +1,129 @@
+"""The reference set's thresholds, kept by merging runs in as they join, against percentiles
+taken over the whole set from scratch."""
+
+from __future__ import annotations
+
+from unittest.mock import patch
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from oracle.core.reference import (
+    GRID_POINTS,
+    ReferenceSet,
+    SortedScores,
+    curve_on_grid,
+    percentile_of_sorted,
+    percentile_scores,
+)
+from oracle.core.scoring import StudyPolicy, Threshold, Weights
+
+metric = st.one_of(
+    st.floats(0, 10, allow_nan=False, width=32), st.just(float("nan")), st.just(1e38)
+)
+
+
+@st.composite
+def runs(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
+    n = draw(st.integers(1, 6))
+    progress = sorted(draw(st.lists(st.floats(0, 1), min_size=n, max_size=n, unique=True)))
+    rows = [[p, draw(metric), draw(metric), draw(metric)] for p in progress]
+    history = np.array(rows, dtype=np.float64)
+    return history, history[-1, 1:].copy()
+
+
+def from_scratch(pairs: list[tuple[np.ndarray, np.ndarray]], policy: StudyPolicy) -> np.ndarray:
+    """The thresholds as they were computed before the merge: every run, every time."""
+    curves = np.stack([curve_on_grid(h) for h, _ in pairs]).astype(np.float32)
+    w = policy.weights.vector().astype(np.float32)
+    return percentile_scores((curves @ w).astype(np.float64), policy.threshold.value, axis=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    batches=st.lists(st.lists(runs(), min_size=1, max_size=5), min_size=1, max_size=8),
+    q=st.floats(0, 100),
+    weights=st.tuples(*[st.floats(0, 2, allow_nan=False)] * 3),
+    # (RECENT_MIN, RECENT_SHARE): as shipped, runs stay in `recent` below 65; smaller, the
+    # percentile is taken across `base` and `recent`, and merges happen often
+    recent=st.sampled_from([(64, 64), (1, 1), (2, 3), (4, 2)]),
+)
+def test_thresholds_kept_by_merging_equal_percentiles_over_the_whole_set(
+    batches: list[list[tuple[np.ndarray, np.ndarray]]],
+    q: float,
+    weights: tuple[float, float, float],
+    recent: tuple[int, int],
+) -> None:
+    with (
+        patch.object(SortedScores, "RECENT_MIN", recent[0]),
+        patch.object(SortedScores, "RECENT_SHARE", recent[1]),
+    ):
+        check_thresholds_as_the_set_grows(batches, q, weights)
+
+
+def check_thresholds_as_the_set_grows(
+    batches: list[list[tuple[np.ndarray, np.ndarray]]],
+    q: float,
+    weights: tuple[float, float, float],
+) -> None:
+    policy = StudyPolicy(
+        weights=Weights(mqe=weights[0], topographic_error=weights[1], dead_neuron_ratio=weights[2]),
+        threshold=Threshold(mode="percentile", value=q),
+    )
+    other = StudyPolicy()  # a second set of weights, merged at other times
+    ref = ReferenceSet()
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    for k, batch in enumerate(batches):
+        ref.extend(batch)
+        seen.extend(batch)
+        thresholds = ref.thresholds(policy)
+        assert thresholds.n_runs == len(seen) == ref.n_runs
+        np.testing.assert_allclose(thresholds.at_progress, from_scratch(seen, policy), rtol=1e-6)
+        finals = policy.weights.scores(np.stack([f for _, f in seen]))
+        assert thresholds.final == float(percentile_scores(finals, q))
+        if k % 2:
+            np.testing.assert_allclose(
+                ref.thresholds(other).at_progress, from_scratch(seen, other), rtol=1e-6
+            )
+    assert ref.curves.shape == (len(seen), GRID_POINTS, 3)
+    assert ref.finals.shape == (len(seen), 3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(st.floats(-1e30, 1e30, allow_nan=False), min_size=1, max_size=40),
+    q=st.floats(0, 100),
+)
+def test_a_percentile_of_sorted_values_is_numpys(values: list[float], q: float) -> None:
+    ordered = np.sort(np.array(values))
+    assert percentile_of_sorted(ordered, q) == np.percentile(ordered, q)
+    rows = np.stack([ordered, ordered[::-1].copy()])
+    rows.sort(axis=1)
+    np.testing.assert_array_equal(percentile_of_sorted(rows, q), np.percentile(rows, q, axis=1))
+
+
+def test_thresholds_follow_the_set_as_it_grows_and_are_reused_until_it_does() -> None:
+    policy = StudyPolicy()
+    ref = ReferenceSet()
+    assert ref.thresholds(policy).n_runs == 0
+    flat = np.array([[0.0, 1.0, 0.1, 0.0], [1.0, 1.0, 0.1, 0.0]])
+    ref.extend([(flat, flat[-1, 1:])])
+    first = ref.thresholds(policy)
+    assert first is ref.thresholds(policy)  # nothing joined: the same object
+    assert first.final == 1.0 + 0.1
+    steep = np.array([[0.0, 3.0, 0.1, 0.0], [1.0, 3.0, 0.1, 0.0]])
+    ref.extend([(steep, steep[-1, 1:])] * 2)
+    second = ref.thresholds(policy)
+    assert second.n_runs == 3 and second.final == 3.0 + 0.1  # the median of 1.1, 3.1, 3.1
+
+
+def test_sorted_scores_find_percentiles_across_base_and_recent() -> None:
+    """Ties between `base` and `recent`, every percentile: as np.percentile over the union."""
+    rng = np.random.default_rng(3)
+    base = np.sort(rng.integers(0, 6, (GRID_POINTS, 40)).astype(np.float64), axis=1)
+    recent = np.sort(rng.integers(0, 6, (GRID_POINTS, 7)).astype(np.float64), axis=1)
+    scores = SortedScores(base, recent)
+    union = np.concatenate([base, recent], axis=1)
+    for q in np.linspace(0, 100, 41):
+        np.testing.assert_array_equal(scores.percentile(q), np.percentile(union, q, axis=1))

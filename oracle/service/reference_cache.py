@@ -34,7 +34,9 @@ class ReferenceCache:
 
     def get(self, conn: Session | Connection, study_pk: int) -> tuple[ReferenceSet, StudyPolicy]:
         with self._lock:
-            entry = self._entries.setdefault(study_pk, _Entry())
+            entry = self._entries.get(study_pk)
+            if entry is None:  # not setdefault: that would build a new set on every call
+                entry = self._entries[study_pk] = _Entry()
             now = time.monotonic()
             if now - entry.checked_at >= self.refresh_s:
                 count, entry.policy = store.study_state(conn, study_pk)

@@ -3,9 +3,9 @@ are stored together, in one transaction with one commit (group commit).
 
 Why: a commit is an fsync, and SQLite admits one writer at a time. Sixty-four workers posting
 at once cost one fsync per batch instead of one each. A batch's statements run on the event
-loop; what blocks (SQLite's COMMIT, and a BEGIN IMMEDIATE that must wait for another process's
-write) runs on the writer thread, so the loop keeps parsing requests meanwhile, and Postgres's
-round trips are awaited (see `Recorder._write`).
+loop; what blocks (SQLite's COMMIT of all but a small batch, and a BEGIN IMMEDIATE that must
+wait for another process's write) runs on the writer thread, so the loop keeps parsing
+requests meanwhile, and Postgres's round trips are awaited (see `Recorder._write`).
 
 Each general write of a batch runs in its own SAVEPOINT, so one that fails (a conflict, say)
 takes nothing else with it. The writes of the workers' loop (start a run, its checkpoints,
@@ -60,6 +60,14 @@ log = structlog.get_logger()
 T = TypeVar("T")
 
 MAX_BATCH = store.MAX_BATCH_ROWS
+# A SQLite batch of at most this many writes commits on the event loop, not on the writer
+# thread. At the workers' training pace a batch is one or two checkpoints, and the hop to the
+# thread and back (two wake-ups of an idle core) cost more than the fsync it spared the loop:
+# paced replays of 150 runs, 4 of each alternately on a noisy box, medians: p50 8.2 -> 5.0 ms,
+# p99 31 -> 28 ms, server CPU 1,718 -> 1,466 µs a decision (bench/RESULTS-service.md, tenth
+# pass). A larger batch means others are arriving: the loop serves them while the thread
+# waits for the disk.
+INLINE_COMMIT_MAX = 4
 CACHED_RUNS = 20_000
 
 
@@ -215,11 +223,11 @@ class Recorder:
         The batch's statements run on the event loop, and only what blocks goes to the writer
         thread. From a thread, each step of a statement had to win the GIL back from the busy
         event loop, which cost more than the statement itself (0.2 ms alone, 3-15 ms beside
-        the loop under load). On SQLite, COMMIT (an fsync) goes to the thread, and so does
-        BEGIN IMMEDIATE when it must wait for another process's write; on Postgres each round trip
-        is awaited (SQLAlchemy's asyncio engine, the same code run in a greenlet), and a
-        batch without general writes is one round trip. The rare one-at-a-time writes go to
-        the thread too.
+        the loop under load). On SQLite, COMMIT (an fsync) of all but a small batch goes to the
+        thread, and so does BEGIN IMMEDIATE when it must wait for another process's write; on
+        Postgres each round trip is awaited (SQLAlchemy's asyncio engine, the same code run in
+        a greenlet), and a batch without general writes is one round trip. The rare
+        one-at-a-time writes go to the thread too.
         """
         loop = asyncio.get_running_loop()
         outcome = _Outcome(batch)
@@ -247,7 +255,8 @@ class Recorder:
 
         BEGIN IMMEDIATE is tried on the loop, where it takes the write lock at once unless
         another process holds it (`begin_nowait`); only then does it wait, on the thread. A
-        hop to the thread and back took a batch's wall time, with the GIL handed over twice."""
+        hop to the thread and back took a batch's wall time, with the GIL handed over twice.
+        COMMIT (an fsync) goes to the thread unless the batch is small (INLINE_COMMIT_MAX)."""
         loop = asyncio.get_running_loop()
         conn = self.db.write_engine.connect()
         try:
@@ -256,7 +265,10 @@ class Recorder:
                 conn = self.db.write_engine.connect()
                 await loop.run_in_executor(self._executor, conn.begin)  # BEGIN IMMEDIATE
             self._store_batch(conn, batch, outcome)
-            await loop.run_in_executor(self._executor, conn.commit)
+            if len(batch) <= INLINE_COMMIT_MAX:  # a light load: nobody waits for the loop
+                conn.commit()
+            else:  # the loop parses the next requests while the disk syncs
+                await loop.run_in_executor(self._executor, conn.commit)
         finally:
             conn.close()  # rolls back what was not committed
 

@@ -338,3 +338,53 @@ def test_sqlite_writer_waits_for_another_process_write_lock_off_the_event_loop(
         assert conn.scalar(select(Run.last_epoch).where(Run.run_id == "r")) == 1
         assert conn.scalar(select(func.count()).select_from(Checkpoint)) == 1
     engine.dispose()
+
+
+def test_sqlite_commits_a_lone_checkpoint_on_the_loop_and_a_crowd_on_the_writer_thread(
+    sqlite_url: str,
+) -> None:
+    """At the training pace a hop to the writer thread costs more than the fsync it spares
+    the loop; under load the loop must keep parsing while the disk syncs."""
+    import threading
+
+    from sqlalchemy import event
+
+    from oracle.service.recorder import INLINE_COMMIT_MAX
+
+    app = create_app(settings_for(sqlite_url))
+    committed_on: list[str] = []
+
+    async def scenario() -> None:
+        async with _serving(app) as client:
+            engine = app.state.oracle.db.write_engine
+            event.listen(
+                engine, "commit", lambda _conn: committed_on.append(threading.current_thread().name)
+            )
+            spec = {"study_id": "s", "max_epochs": 5}
+            assert (await client.put("/v1/runs/lone", json=spec)).status_code == 201
+            committed_on.clear()
+            lone = await client.post("/v1/runs/lone/checkpoints", json={"epoch": 1, **POINT})
+            assert lone.status_code == 200
+            assert committed_on == [threading.current_thread().name]  # the loop's own thread
+            n = 4 * INLINE_COMMIT_MAX
+            started = await asyncio.gather(
+                *(client.put(f"/v1/runs/c{i}", json=spec) for i in range(n))
+            )
+            assert {r.status_code for r in started} == {201}
+            committed_on.clear()
+            crowd = await asyncio.gather(
+                *(
+                    client.post(f"/v1/runs/c{i}/checkpoints", json={"epoch": 1, **POINT})
+                    for i in range(n)
+                )
+            )
+            assert {r.status_code for r in crowd} == {200}
+            assert any(name.startswith("oracle-writer") for name in committed_on), committed_on
+
+    asyncio.run(scenario())
+    engine = create_engine(sqlite_url)
+    with engine.connect() as conn:
+        assert (
+            conn.scalar(select(func.count()).select_from(Checkpoint)) == 1 + 4 * INLINE_COMMIT_MAX
+        )
+    engine.dispose()

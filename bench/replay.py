@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import csv
 import itertools
 import json
 import multiprocessing as mp
@@ -260,6 +261,7 @@ class ClientResult:
     ended: float
     cpu_s: float
     checkpoint_ns: list[int] = field(default_factory=list)
+    checkpoint_at_ns: list[int] = field(default_factory=list)  # when each was sent
     n_requests: int = 0
     outcomes: dict[str, RunOutcome] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
@@ -282,6 +284,7 @@ async def _worker(
     """
     conn = await Connection.open(port)
     latencies = result.checkpoint_ns
+    sent_at = result.checkpoint_at_ns
     clock = time.perf_counter_ns
     try:
         while True:
@@ -304,6 +307,7 @@ async def _worker(
                 t0 = clock()
                 status, body = await conn.call(request)
                 latencies.append(clock() - t0)
+                sent_at.append(t0)
                 result.n_requests += 1
                 sent += 1
                 last_epoch = epoch
@@ -372,6 +376,9 @@ class PhaseResult:
     p99_ms: float
     outcomes: dict[str, RunOutcome]
     errors: list[str]
+    # Each checkpoint request: seconds from the phase's start to its sending, and milliseconds
+    # to its answer (for --latency-log).
+    timeline: list[tuple[float, float]] = field(default_factory=list)
     server_cpu_s: float = 0.0
 
     @property
@@ -430,11 +437,17 @@ def run_phase(
     for p in procs:
         p.join()
     latencies = [ns / 1e6 for r in results for ns in r.checkpoint_ns]
+    started = min(r.started for r in results)  # perf_counter: one clock for every process
+    timeline = sorted(
+        (at / 1e9 - started, ns / 1e6)
+        for r in results
+        for at, ns in zip(r.checkpoint_at_ns, r.checkpoint_ns, strict=True)
+    )
     outcomes: dict[str, RunOutcome] = {}
     for r in results:
         outcomes.update(r.outcomes)
     return PhaseResult(
-        wall_s=max(r.ended for r in results) - min(r.started for r in results),
+        wall_s=max(r.ended for r in results) - started,
         client_cpu_s=sum(r.cpu_s for r in results),
         n_checkpoints=len(latencies),
         n_requests=sum(r.n_requests for r in results),
@@ -442,6 +455,7 @@ def run_phase(
         p99_ms=percentile(latencies, 99),
         outcomes=outcomes,
         errors=[e for r in results for e in r.errors],
+        timeline=timeline,
     )
 
 
@@ -851,6 +865,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--postgres-url", default=os.environ.get("BENCH_POSTGRES_URL", DEFAULT_PG))
     parser.add_argument("--data", type=Path, default=DATA_FILE)
     parser.add_argument("--json", type=Path, help="write every figure here as JSON")
+    parser.add_argument(
+        "--latency-log",
+        type=Path,
+        metavar="CSV",
+        help="write every checkpoint request here: its trial, phase, when it was sent (seconds "
+        "from the phase's start) and its latency (ms); bench/latency_windows.py reads it",
+    )
     parser.add_argument("--no-startup", action="store_true", help="skip the `oracle serve` timing")
     parser.add_argument(
         "--pace",
@@ -893,6 +914,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+LATENCY_LOG_COLUMNS = ("backend", "policy", "workers", "repeat", "phase", "sent_s", "latency_ms")
+
+
+def log_latencies(path: Path, t: Trial) -> None:
+    """Appends the trial's checkpoint requests to the --latency-log CSV."""
+    with path.open("a", newline="") as sink:
+        out = csv.writer(sink)
+        for phase, result in (("real", t.real), ("bare", t.bare)):
+            for sent, latency in result.timeline:
+                row = (t.backend, t.policy, t.workers, t.repeat, phase)
+                out.writerow((*row, f"{sent:.6f}", f"{latency:.3f}"))
+
+
 def report(t: Trial) -> None:
     """One trial's line, printed as it ends."""
     print(
@@ -926,6 +960,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     tmp = Path(tempfile.mkdtemp(prefix="oracle-bench-"))
+    if args.latency_log:
+        args.latency_log.write_text(",".join(LATENCY_LOG_COLUMNS) + "\n")
     rows: list[dict[str, Any]] = []
     startup: dict[str, dict[str, float]] = {}
     try:
@@ -940,6 +976,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     t = trial(backend, workers, repeat, runs, args, tmp, policy)
                     trials[policy].append(t)
                     report(t)
+                    if args.latency_log:
+                        log_latencies(args.latency_log, t)
                 rows.extend(summarize(t) for t in trials.values())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -54,9 +54,17 @@ def curve_on_grid(history: np.ndarray) -> np.ndarray:
     return np.stack([np.interp(GRID, progress, history[:, k]) for k in (1, 2, 3)], axis=1)
 
 
+def ranked(scores: np.ndarray) -> np.ndarray:
+    """`scores` with each non-finite one (a diverged map's) as WORST: it ranks last."""
+    return np.where(np.isfinite(scores), scores, WORST)
+
+
 def percentile_scores(scores: np.ndarray, q: float, axis: int = 0) -> np.ndarray:
-    finite = np.where(np.isfinite(scores), scores, WORST)
-    return np.asarray(np.percentile(finite, q, axis=axis))
+    """The plain definition, np.percentile of the ranked scores: what tests and benchmarks
+    check ReferenceSet's thresholds against. Not for serving: a process's first np.percentile
+    imports numpy.ma (np.unique asks it whether the array is masked), 12-21 ms that held
+    the event loop at the first decision of the median rule (bench/RESULTS-service.md)."""
+    return np.asarray(np.percentile(ranked(scores), q, axis=axis))
 
 
 def percentile_of_sorted(values: np.ndarray, q: float) -> np.ndarray:
@@ -220,10 +228,10 @@ class ReferenceSet:
             result = Thresholds(np.full(GRID_POINTS, np.inf), float("inf"), 0)
         else:
             q = policy.threshold.value
-            finals = policy.weights.scores(runs.finals[: runs.n])
+            finals = np.sort(ranked(policy.weights.scores(runs.finals[: runs.n])))
             result = Thresholds(
                 self._sorted_grid_scores(runs, policy.weights).percentile(q),
-                float(percentile_scores(finals, q)),
+                float(percentile_of_sorted(finals, q)),
                 runs.n,
             )
         self._thresholds[policy] = result
@@ -239,6 +247,6 @@ class ReferenceSet:
         if have < runs.n:
             w = weights.vector().astype(np.float32)
             new = (runs.curves[have : runs.n] @ w).astype(np.float64).T  # (GRID_POINTS, k)
-            sorted_scores = sorted_scores.with_runs(np.where(np.isfinite(new), new, WORST))
+            sorted_scores = sorted_scores.with_runs(ranked(new))
             self._sorted[weights] = sorted_scores
         return sorted_scores

@@ -5,7 +5,7 @@
 
 At the training pace (`--pace 1`) the load is not steady: the 64 workers start together, most
 of the recorded trainings last a second or two, so most requests come in the first seconds,
-and the phase ends with a few long runs. A phase's p99 is then the p99 of that opening rush.
+and the phase ends with a few long runs. A phase's p99 is then made in its first seconds.
 For each trial and phase (real service, bare twin) this prints, per window of time since the
 phase began: the requests sent in it, their rate, and their p50, p99 and maximum latency.
 """

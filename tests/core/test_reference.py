@@ -16,6 +16,8 @@ from oracle.core.reference import (
     ReferenceSet,
     SortedScores,
     curve_on_grid,
+    history_array,
+    history_row,
     percentile_of_sorted,
     percentile_scores,
 )
@@ -175,3 +177,23 @@ def test_a_process_first_decisions_import_nothing_on_the_request_path() -> None:
     median, oracle, imported = done.stdout.strip().splitlines()
     assert (median, oracle) == ("median", "oracle")
     assert imported == "[]"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.integers(0, 100_000),
+            *[st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False))] * 3,
+        ),
+        max_size=30,
+    ),
+    max_epochs=st.integers(1, 100_000),
+)
+def test_a_history_array_is_its_rows_one_by_one_to_the_bit(
+    rows: list[tuple[int, float | None, float | None, float | None]], max_epochs: int
+) -> None:
+    array = history_array(rows, max_epochs)
+    assert array.shape == (len(rows), 4) and array.dtype == np.float64
+    one_by_one = np.array([history_row(r, max_epochs) for r in rows]).reshape(len(rows), 4)
+    np.testing.assert_array_equal(array, one_by_one)  # NaN where a metric is None

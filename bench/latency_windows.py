@@ -84,9 +84,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--edges takes seconds separated by commas, not {args.edges!r}")
     if any(not e > 0 for e in edges):
         parser.error(f"--edges must be positive seconds, not {args.edges!r}")
+    try:
+        phases = read_log(args.log)
+    except OSError as e:
+        parser.error(f"cannot read {args.log}: {e.strerror or e}")
+    except (KeyError, ValueError) as e:
+        parser.error(f"{args.log} is not a replay.py --latency-log CSV ({type(e).__name__}: {e})")
     print("| trial | phase | window s | requests | per s | p50 ms | p99 ms | max ms |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for (backend, policy, workers, repeat, phase), requests in read_log(args.log).items():
+    for (backend, policy, workers, repeat, phase), requests in phases.items():
         for w in by_window(requests, edges):
             print(
                 f"| {backend} {policy} {workers} #{repeat} | {phase} | {w.label} | {w.requests} "

@@ -909,6 +909,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--policy: unknown {', '.join(map(repr, unknown))} (median or oracle)")
     if len(set(args.policies)) < len(args.policies):
         parser.error(f"--policy: {args.policy!r} names a policy twice")
+    if args.latency_log is not None and not args.latency_log.parent.is_dir():
+        parser.error(f"--latency-log: no folder {str(args.latency_log.parent)!r} to write it in")
     if args.quick:
         args.runs, args.repeat = 100, 1
     return args

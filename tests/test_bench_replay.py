@@ -87,3 +87,33 @@ def test_the_latency_log_holds_every_checkpoint_request_of_both_phases(
     assert all(sent >= 0 and latency > 0 for sent, latency in real + bare)
     latency_windows.main([str(log)])
     assert "| sqlite median 4 #0 | real | all | " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read"),
+        ("run,latency\n1,2\n", "is not a replay.py --latency-log CSV"),
+        (",".join(LATENCY_LOG_COLUMNS) + "\nsqlite,median,4,0,real,x,1.0\n", "not a replay.py"),
+    ],
+)
+def test_latency_windows_refuse_a_file_that_is_not_a_latency_log(
+    content: str | None, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "l.csv"
+    if content is not None:
+        log.write_text(content)
+    with pytest.raises(SystemExit) as exit_:
+        latency_windows.main([str(log)])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_latency_log_in_a_missing_folder_is_refused_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--latency-log", str(tmp_path / "nowhere" / "l.csv")])
+    assert exit_.value.code == 2
+    assert "no folder" in capsys.readouterr().err
+    assert parse_args(["--latency-log", str(tmp_path / "l.csv")]).latency_log == tmp_path / "l.csv"

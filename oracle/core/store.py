@@ -387,14 +387,15 @@ def study_state(session: Session | Connection, study_pk: int) -> tuple[int, Stud
 
 
 def reference_histories_since(
-    session: Session | Connection, study_pk: int, after_seq: int
+    session: Session | Connection, study_pk: int, after_seq: int, limit: int | None = None
 ) -> list[tuple[int, int, list[tuple[int, float | None, float | None, float | None]], Metrics]]:
-    """Reference runs of a study that joined after `after_seq`, with their histories.
+    """Reference runs of a study that joined after `after_seq`, with their histories, in the
+    order they joined; the first `limit` of them, if given.
 
     Walks the (study_pk, reference_seq) index and the checkpoints' primary key: the cost is
     the new runs only, never a scan of the study.
     """
-    runs = session.execute(
+    query = (
         select(
             Run.pk,
             Run.reference_seq,
@@ -405,7 +406,8 @@ def reference_histories_since(
         )
         .where(Run.study_pk == study_pk, Run.reference_seq > after_seq)
         .order_by(Run.reference_seq)
-    ).all()
+    )
+    runs = session.execute(query if limit is None else query.limit(limit)).all()
     if not runs:
         return []
     by_run = histories_of(session, [r.pk for r in runs])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 from sqlalchemy import Connection, create_engine, update
 
@@ -45,9 +46,9 @@ def test_reference_cache_reads_new_runs_once_and_steps_over_an_unused_number(
     reads: list[int] = []
     real = store.reference_histories_since
 
-    def counting(conn: Any, study_pk: int, after_seq: int) -> Any:
+    def counting(conn: Any, study_pk: int, after_seq: int, limit: int | None = None) -> Any:
         reads.append(after_seq)
-        return real(conn, study_pk, after_seq)
+        return real(conn, study_pk, after_seq, limit)
 
     monkeypatch.setattr(store, "reference_histories_since", counting)
     engine = create_engine(normalize_url(database_url))
@@ -71,3 +72,65 @@ def test_reference_cache_reads_new_runs_once_and_steps_over_an_unused_number(
         assert cache.get(conn, study)[0].n_runs == 3 and reads == [0, 2, 4]
         assert cache.get(conn, study)[0].n_runs == 3 and reads == [0, 2, 4]
     engine.dispose()
+
+
+def _counting_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int | None]]:
+    reads: list[tuple[int, int | None]] = []
+    real = store.reference_histories_since
+
+    def counting(conn: Any, study_pk: int, after_seq: int, limit: int | None = None) -> Any:
+        reads.append((after_seq, limit))
+        return real(conn, study_pk, after_seq, limit)
+
+    monkeypatch.setattr(store, "reference_histories_since", counting)
+    return reads
+
+
+def test_many_new_runs_join_a_part_per_call_and_end_as_a_whole_load_would(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = _counting_reads(monkeypatch)
+    engine = create_engine(normalize_url(database_url))
+    # A refresh is due once an hour: the parts that follow one must not wait for the next.
+    cache = ReferenceCache(refresh_s=3600.0, load_max_runs=2)
+    with engine.begin() as conn:
+        study = store.study_pk_of(conn, "s")
+        assert cache.get(conn, study)[0].n_runs == 0 and reads == []  # loaded: nothing yet
+        _complete(conn, study, ["a", "b", "c", "d", "e"])
+        cache.invalidate(study)
+        assert [cache.get(conn, study)[0].n_runs for _ in range(5)] == [2, 4, 5, 5, 5]
+        assert reads == [(0, 2), (2, 2), (4, 2)]
+        parts = cache.get(conn, study)[0]
+        # A new process's first load of the same study reads the whole set at once.
+        reads.clear()
+        whole, policy = ReferenceCache(refresh_s=3600.0, load_max_runs=2).get(conn, study)
+        assert reads == [(0, None)] and whole.n_runs == 5
+    np.testing.assert_array_equal(parts.curves, whole.curves)
+    np.testing.assert_array_equal(parts.finals, whole.finals)
+    ours, theirs = parts.thresholds(policy), whole.thresholds(policy)
+    np.testing.assert_array_equal(ours.at_progress, theirs.at_progress)
+    assert (ours.final, ours.n_runs) == (theirs.final, theirs.n_runs)
+    engine.dispose()
+
+
+def test_a_part_that_ends_on_the_last_run_steps_over_an_unused_number_at_the_top(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = _counting_reads(monkeypatch)
+    engine = create_engine(normalize_url(database_url))
+    cache = ReferenceCache(refresh_s=0.0, load_max_runs=2)
+    with engine.begin() as conn:
+        study = store.study_pk_of(conn, "s")
+        cache.get(conn, study)
+        _complete(conn, study, ["a", "b"])
+        conn.execute(update(Study).values(reference_runs=Study.reference_runs + 1))  # 3: nobody's
+        assert cache.get(conn, study)[0].n_runs == 2  # a full part: maybe more to come
+        assert cache.get(conn, study)[0].n_runs == 2  # none: caught up, 3 stepped over
+        assert cache.get(conn, study)[0].n_runs == 2
+        assert reads == [(0, 2), (2, 2)]
+    engine.dispose()
+
+
+def test_a_cache_needs_room_for_at_least_one_run_a_part() -> None:
+    with pytest.raises(ValueError, match="load_max_runs must be at least 1, not 0"):
+        ReferenceCache(refresh_s=1.0, load_max_runs=0)

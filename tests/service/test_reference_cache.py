@@ -4,11 +4,12 @@ when they join their study's reference set, and never asked twice for a number n
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import Connection, create_engine, update
+from sqlalchemy import Connection, Engine, create_engine, update
 
 from oracle.core import store
 from oracle.core.db import normalize_url
@@ -40,57 +41,58 @@ def _complete(conn: Connection, study_pk: int, run_ids: list[str]) -> None:
     assert len(store.finish_runs(conn, ends, utcnow())) == len(states)
 
 
-def test_reference_cache_reads_new_runs_once_and_steps_over_an_unused_number(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    reads: list[int] = []
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = create_engine(normalize_url(database_url))
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int | None]]:
+    """Each read of new reference runs: (after_seq, limit)."""
+    seen: list[tuple[int, int | None]] = []
     real = store.reference_histories_since
 
     def counting(conn: Any, study_pk: int, after_seq: int, limit: int | None = None) -> Any:
-        reads.append(after_seq)
+        seen.append((after_seq, limit))
         return real(conn, study_pk, after_seq, limit)
 
     monkeypatch.setattr(store, "reference_histories_since", counting)
-    engine = create_engine(normalize_url(database_url))
+    return seen
+
+
+def _afters(reads: list[tuple[int, int | None]]) -> list[int]:
+    return [after for after, _ in reads]
+
+
+def test_reference_cache_reads_new_runs_once_and_steps_over_an_unused_number(
+    engine: Engine, reads: list[tuple[int, int | None]]
+) -> None:
     cache = ReferenceCache(refresh_s=0.0)
     with engine.begin() as conn:
         study = store.study_pk_of(conn, "s")
         _complete(conn, study, ["a", "b"])
         reference, _ = cache.get(conn, study)
-        assert reference.n_runs == 2 and reads == [0]
+        assert reference.n_runs == 2 and _afters(reads) == [0]
         # A number handed out to a run whose compare-and-swap then failed: the counter is one
         # ahead of the runs that hold numbers.
         conn.execute(update(Study).values(reference_runs=Study.reference_runs + 1))
         _complete(conn, study, ["c"])  # numbered 4; 3 is nobody's
         reference, _ = cache.get(conn, study)
-        assert reference.n_runs == 3 and reads == [0, 2]
+        assert reference.n_runs == 3 and _afters(reads) == [0, 2]
         for _ in range(3):  # nothing new: the study's row alone is read
             assert cache.get(conn, study)[0].n_runs == 3
-        assert reads == [0, 2]
+        assert _afters(reads) == [0, 2]
         # an unused number at the top: read once, then not again
         conn.execute(update(Study).values(reference_runs=Study.reference_runs + 1))
-        assert cache.get(conn, study)[0].n_runs == 3 and reads == [0, 2, 4]
-        assert cache.get(conn, study)[0].n_runs == 3 and reads == [0, 2, 4]
-    engine.dispose()
-
-
-def _counting_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int | None]]:
-    reads: list[tuple[int, int | None]] = []
-    real = store.reference_histories_since
-
-    def counting(conn: Any, study_pk: int, after_seq: int, limit: int | None = None) -> Any:
-        reads.append((after_seq, limit))
-        return real(conn, study_pk, after_seq, limit)
-
-    monkeypatch.setattr(store, "reference_histories_since", counting)
-    return reads
+        assert cache.get(conn, study)[0].n_runs == 3 and _afters(reads) == [0, 2, 4]
+        assert cache.get(conn, study)[0].n_runs == 3 and _afters(reads) == [0, 2, 4]
 
 
 def test_many_new_runs_join_a_part_per_call_and_end_as_a_whole_load_would(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, reads: list[tuple[int, int | None]]
 ) -> None:
-    reads = _counting_reads(monkeypatch)
-    engine = create_engine(normalize_url(database_url))
     # A refresh is due once an hour: the parts that follow one must not wait for the next.
     cache = ReferenceCache(refresh_s=3600.0, load_max_runs=2)
     with engine.begin() as conn:
@@ -110,14 +112,11 @@ def test_many_new_runs_join_a_part_per_call_and_end_as_a_whole_load_would(
     ours, theirs = parts.thresholds(policy), whole.thresholds(policy)
     np.testing.assert_array_equal(ours.at_progress, theirs.at_progress)
     assert (ours.final, ours.n_runs) == (theirs.final, theirs.n_runs)
-    engine.dispose()
 
 
 def test_a_part_that_ends_on_the_last_run_steps_over_an_unused_number_at_the_top(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, reads: list[tuple[int, int | None]]
 ) -> None:
-    reads = _counting_reads(monkeypatch)
-    engine = create_engine(normalize_url(database_url))
     cache = ReferenceCache(refresh_s=0.0, load_max_runs=2)
     with engine.begin() as conn:
         study = store.study_pk_of(conn, "s")
@@ -128,7 +127,6 @@ def test_a_part_that_ends_on_the_last_run_steps_over_an_unused_number_at_the_top
         assert cache.get(conn, study)[0].n_runs == 2  # none: caught up, 3 stepped over
         assert cache.get(conn, study)[0].n_runs == 2
         assert reads == [(0, 2), (2, 2)]
-    engine.dispose()
 
 
 def test_a_cache_needs_room_for_at_least_one_run_a_part() -> None:

@@ -17,7 +17,7 @@ $(BIN)/oracle: pyproject.toml
 
 # Everything the suite needs: service, training (TensorFlow CPU), dev tools, the worker SDK.
 $(VENV)/.dev: pyproject.toml client/pyproject.toml $(BIN)/oracle
-	$(BIN)/pip install -e '.[training,dev]' -e ./client
+	$(BIN)/pip install -e '.[training,dev]' -e './client[optuna,ray]'
 	touch $@
 
 install-service: $(BIN)/oracle

@@ -3,7 +3,7 @@ RandomSampler draws the same configurations whatever prunes them), the same maps
 trial); epochs spent, best score found, and how many of the best 10% of configurations
 (ranked by their complete runs, from the unpruned study) each pruner killed.
 
-    python -m bench.optuna_pruners                      # iris and wine, 3 seeds, ~10 min
+    python -m bench.optuna_pruners                      # iris and wine, 5 seeds, ~9 min
     python -m bench.optuna_pruners --datasets iris --seeds 1 --trials 20   # a quick look
 
 Each run starts its own `oracle serve` on a temporary SQLite file (the shipped model active,
@@ -187,7 +187,7 @@ def per_seed(outcomes: list[Outcome]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="iris,wine")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--trials", type=int, default=50)
     parser.add_argument("--max-epochs", type=int, default=60)
     parser.add_argument("--pruners", default=",".join(PRUNERS))

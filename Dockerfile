@@ -16,6 +16,10 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md alembic.ini ./
+COPY core ./core
+COPY service ./service
+COPY training ./training
+COPY migrations ./migrations
 COPY oracle ./oracle
 RUN pip install --no-cache-dir .
 

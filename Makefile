@@ -27,8 +27,8 @@ serve: $(BIN)/oracle
 	$(BIN)/oracle serve --host $(HOST) --port $(PORT)
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check oracle tests bench client
-	$(BIN)/ruff format --check oracle tests bench client
+	$(BIN)/ruff check core service training migrations oracle tests bench client
+	$(BIN)/ruff format --check core service training migrations oracle tests bench client
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

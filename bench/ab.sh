@@ -23,7 +23,7 @@ python=$root/.venv/bin/python
 base=$(mktemp -d)
 trap 'git -C "$root" worktree remove --force "$base" >/dev/null 2>&1 || true' EXIT
 git -C "$root" worktree add --detach --force "$base" "$rev" >/dev/null
-data=$root/../shared/data/minisom_runs.jsonl
+data=$root/data/minisom_runs.jsonl.gz
 
 run() {  # label, source tree, replay.py arguments...
     local label=$1 tree=$2

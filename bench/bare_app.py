@@ -12,18 +12,18 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Depends, FastAPI
 from starlette.routing import Mount
 
-from oracle.service.api.runs import RunId
-from oracle.service.auth import Principal, Role, require
-from oracle.service.bodies import JSONRoute
-from oracle.service.main import create_app
-from oracle.service.schemas import (
+from service.api.runs import RunId
+from service.auth import Principal, Role, require
+from service.bodies import JSONRoute
+from service.main import create_app
+from service.schemas import (
     CheckpointIn,
     Decision,
     RunCreate,
     RunFinish,
     RunPublic,
 )
-from oracle.service.settings import Settings
+from service.settings import Settings
 
 BARE_DECISION = Decision(
     run_id="bare",
@@ -66,7 +66,7 @@ async def bare_finish(
     return BARE_RUN
 
 
-# Declared like the real routes (oracle/service/api/runs.py): routes of the same route class,
+# Declared like the real routes (service/api/runs.py): routes of the same route class,
 # so the bare twins parse the body with the same strict JSON decoder (415 for another content
 # type, 422 for a key given twice).
 router = APIRouter(route_class=JSONRoute, include_in_schema=False)

@@ -18,8 +18,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from oracle.core.bundle import Bundle
-from oracle.core.features import (
+from core.bundle import Bundle
+from core.features import (
     FEATURE_SCHEMA_VERSION,
     N_TARGETS,
     SUPPORTED_FEATURE_SCHEMAS,
@@ -28,9 +28,9 @@ from oracle.core.features import (
     n_inputs,
     with_context,
 )
-from oracle.core.forecast import BundlePredictor
-from oracle.training import models
-from oracle.training.config import TrainConfig
+from core.forecast import BundlePredictor
+from training import models
+from training.config import TrainConfig
 
 WEIGHTS = (1.0, 1.0, 0.5)
 # A run as a worker describes it (the first run of the shared data).

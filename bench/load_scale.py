@@ -27,10 +27,10 @@ from sqlalchemy import create_engine, event, select, text
 from sqlalchemy.orm import Session
 
 from bench.load_soak import scratch_database
-from oracle.core import store
-from oracle.core.db import normalize_url
-from oracle.core.scoring import StudyPolicy
-from oracle.core.tables import Run, Study
+from core import store
+from core.db import normalize_url
+from core.scoring import StudyPolicy
+from core.tables import Run, Study
 from tests.load.harness import Server, lost_or_changed, metrics_at, run_swarm
 
 CHECKPOINTS_PER_RUN = 50

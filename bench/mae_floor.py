@@ -44,11 +44,11 @@ from typing import Any
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingRegressor
 
-from oracle.core.scoring import Weights
-from oracle.training.dataset import RunRecord, final_score, load_file, score_weights
-from oracle.training.evaluate import ERROR_CAP
+from core.scoring import Weights
+from training.dataset import RunRecord, final_score, load_file, score_weights
+from training.evaluate import ERROR_CAP
 
-DATA = "/work/shared/data/minisom_runs.jsonl"
+DATA = str(Path(__file__).resolve().parents[1] / "data" / "minisom_runs.jsonl.gz")
 TARGET = 0.02
 CATEGORICAL = (
     "neighborhood_function",
@@ -100,7 +100,7 @@ def truth(run: RunRecord, weights: dict[str, Weights]) -> float:
 
 def history_features(run: RunRecord, k: int, weights: dict[str, Weights]) -> list[float]:
     h = run.history[: k + 1]
-    # log of MQE / the median final MQE; floored as in oracle.core.features (some maps hit 0)
+    # log of MQE / the median final MQE; floored as in core.features (some maps hit 0)
     log_mqe = np.log(np.maximum(h[:, 1], 1e-9) * weights[run.group].mqe)
     scores = capped_scores(run, weights, k)
     j = max(k - 1, 0)

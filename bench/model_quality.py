@@ -1,6 +1,6 @@
 """Decision quality on runs a model never trained on: the backtest table and prediction errors.
 
-    python bench/model_quality.py --bundle oracle/models/default.bundle   # its held-out split
+    python bench/model_quality.py --bundle core/models/default.bundle   # its held-out split
     python bench/model_quality.py --folds 5 --model lite --epochs 200     # every run, out of fold
 
 With --folds, K models are trained, each predicting the runs of the fold it did not see, and
@@ -15,16 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
-from oracle.core import bundle
-from oracle.core.bundle import Bundle
-from oracle.core.features import SUPPORTED_FEATURE_SCHEMAS
-from oracle.core.forecast import BundlePredictor
-from oracle.core.scoring import StudyPolicy
-from oracle.training import evaluate, train
-from oracle.training.config import TrainConfig
-from oracle.training.dataset import load_file, score_weights, split_runs
+from core import bundle
+from core.bundle import Bundle
+from core.features import SUPPORTED_FEATURE_SCHEMAS
+from core.forecast import BundlePredictor
+from core.scoring import StudyPolicy
+from training import evaluate, train
+from training.config import TrainConfig
+from training.dataset import load_file, score_weights, split_runs
 
-DATA = "/work/shared/data/minisom_runs.jsonl"
+DATA = str(Path(__file__).resolve().parents[1] / "data" / "minisom_runs.jsonl.gz")
 
 
 def held_out(path: str, data: str, confidence: float) -> None:

@@ -4,7 +4,7 @@
 
 Each refresh brings the runs that finished since the last one (`--joining` of them) and the
 next checkpoint asks for the study's thresholds again. Timed per size, alternately: the
-reference set as it is (`oracle.core.reference.ReferenceSet`: sorted scores per set of
+reference set as it is (`core.reference.ReferenceSet`: sorted scores per set of
 weights, merged) and as it was before (the arrays concatenated, then `np.percentile` over
 every run at each grid point). Medians and maxima of `--repeat` refreshes (a maximum is
 where the set merged its recent runs); both must give the same thresholds.
@@ -18,8 +18,8 @@ import time
 
 import numpy as np
 
-from oracle.core.reference import GRID_POINTS, ReferenceSet, curve_on_grid, percentile_scores
-from oracle.core.scoring import StudyPolicy
+from core.reference import GRID_POINTS, ReferenceSet, curve_on_grid, percentile_scores
+from core.scoring import StudyPolicy
 
 
 def random_runs(rng: np.random.Generator, n: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -1,4 +1,4 @@
-"""Replays ../shared/data/minisom_runs.jsonl through a real uvicorn process and times it.
+"""Replays data/minisom_runs.jsonl.gz through a real uvicorn process and times it.
 
 Each concurrent worker takes runs from one shared queue (a seeded arrival order), PUTs the
 run, posts its checkpoints in order obeying every decision (stop -> finish as stopped; last
@@ -39,9 +39,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.datafile import open_text
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the scratch-database helper lives in tests/
-DATA_FILE = ROOT.parent / "shared" / "data" / "minisom_runs.jsonl"
+DATA_FILE = ROOT / "data" / "minisom_runs.jsonl.gz"
 TOKEN = "bench-worker-token"
 TOKENS = f"worker:{TOKEN},admin:bench-admin-token"
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
@@ -64,7 +66,7 @@ class RunData:
 def load_runs(path: Path, n: int | None, seed: int) -> list[RunData]:
     """The runs of the file in a seeded arrival order; the first `n` of that order."""
     runs = []
-    with path.open() as f:
+    with open_text(path) as f:
         for line in f:
             raw = json.loads(line)
             runs.append(
@@ -605,7 +607,7 @@ def bench_server_cmd(port: int, server_workers: int) -> list[str]:
 @contextlib.contextmanager
 def fresh_database(backend: str, pg_url: str, tmp: Path) -> Iterator[str]:
     """A new, migrated database; removed afterwards."""
-    from oracle.core.db import upgrade
+    from core.db import upgrade
 
     if backend == "sqlite":
         path = tmp / f"bench-{uuid.uuid4().hex[:8]}.db"

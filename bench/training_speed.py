@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from oracle.core import bundle
-from oracle.training import train
-from oracle.training.config import TrainConfig
-from oracle.training.dataset import load_file, split_runs
+from core import bundle
+from training import train
+from training.config import TrainConfig
+from training.dataset import load_file, split_runs
 
-DATA = "/work/shared/data/minisom_runs.jsonl"
+DATA = str(Path(__file__).resolve().parents[1] / "data" / "minisom_runs.jsonl.gz")
 
 
 def main() -> None:

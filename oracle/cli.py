@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from oracle.core.db import DEFAULT_DATABASE_URL, ensure_migrated, is_sqlite, redacted, upgrade
+from core.db import DEFAULT_DATABASE_URL, ensure_migrated, is_sqlite, redacted, upgrade
 
 app = typer.Typer(
     help="The Oracle: tells each SOM training whether it is worth finishing.",
@@ -32,7 +32,7 @@ def serve(
     """Serve the API (migrating a SQLite database first)."""
     import uvicorn
 
-    from oracle.service.settings import Settings, is_loopback
+    from service.settings import Settings, is_loopback
 
     os.environ["DATABASE_URL"] = database_url
     settings = Settings()
@@ -53,7 +53,7 @@ def serve(
         metrics_dir.mkdir(parents=True, exist_ok=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.resolve())
     uvicorn.run(
-        "oracle.service.main:create_app",
+        "service.main:create_app",
         factory=True,
         host=host,
         port=port,
@@ -79,7 +79,7 @@ def import_(
     database_url: DatabaseOption = DEFAULT_DATABASE_URL,
 ) -> None:
     """Load finished histories: JSON lines of runs, the seed's JSON histories or dataset CSV."""
-    from oracle.importer import import_paths
+    from service.importer import import_paths
 
     upgrade(database_url)
     summary = import_paths(database_url, files, default_study=study)
@@ -112,7 +112,7 @@ def train(
     database_url: Annotated[str | None, typer.Option(envvar="DATABASE_URL")] = None,
 ) -> None:
     """Retrain the model, evaluate it, and publish it if it passes the gate."""
-    from oracle.training import commands
+    from training import commands
 
     if database_url is None and dataset is None:
         database_url = DEFAULT_DATABASE_URL
@@ -144,7 +144,7 @@ def evaluate(
     database_url: Annotated[str | None, typer.Option(envvar="DATABASE_URL")] = None,
 ) -> None:
     """MAE/RMSE per target and by progress, calibration, and the decision backtest."""
-    from oracle.training import commands
+    from training import commands
 
     result = commands.evaluate(
         model, str(dataset), database_url=database_url, held_out_only=held_out_only
@@ -168,7 +168,7 @@ def predict(
     """Predicted final metrics (and, with --threshold, continue/stop) for one partial history."""
     import json
 
-    from oracle.training import commands
+    from training import commands
 
     result = commands.predict(
         str(sequence),

@@ -92,6 +92,7 @@ def load_dataset(name: str) -> np.ndarray:
 def train_one(job: Job) -> Outcome:
     """Train one map epoch by epoch, report at the checkpoints, obey the decisions."""
     from minisom import MiniSom
+
     from oracle_client import Oracle, som_metrics
 
     rng = np.random.default_rng([job.seed, job.index])

@@ -15,12 +15,15 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
-from oracle.core.db import upgrade
-from oracle.service.main import create_app
-from oracle.service.settings import Settings
+from core.datafile import read_bytes
+from core.db import upgrade
+from service.main import create_app
+from service.settings import Settings
 from tests.scratch import postgres_database
 
-DATA_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "minisom_runs.jsonl"
+REPO = Path(__file__).resolve().parents[1]
+# The project's own copy of the 600 real MiniSom runs (data/README.md), gzip-compressed.
+DATA_FILE = REPO / "data" / "minisom_runs.jsonl.gz"
 TOKENS = {"worker": "worker-secret", "admin": "admin-secret", "reader": "reader-secret"}
 TABLES = ("checkpoints", "runs", "studies", "aliases", "model_versions")
 
@@ -31,10 +34,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def data_file() -> Path:
+def data_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 600 MiniSom runs as a plain JSON-lines file, as most users' exports are (the
+    compressed original is read directly by the tests of the readers)."""
     if not DATA_FILE.exists():
-        pytest.fail(f"the shared data file is missing: {DATA_FILE}")
-    return DATA_FILE
+        pytest.fail(f"the data file is missing: {DATA_FILE}")
+    path = tmp_path_factory.mktemp("data") / "minisom_runs.jsonl"
+    path.write_bytes(read_bytes(DATA_FILE))
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from oracle.core.db import normalize_url, upgrade
+from core.db import normalize_url, upgrade
 
 
 @contextmanager

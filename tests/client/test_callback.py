@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from oracle_client import Oracle
 
+from oracle_client import Oracle
 from tests.client.scripted import Received, Reply, ScriptedServer, contract_reply, decision
 
 

@@ -4,6 +4,7 @@ its own `oracle serve`) down to its plot."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import httpx
@@ -23,6 +24,11 @@ def test_the_documented_ea_spends_its_epoch_budget_through_the_oracle(
     source = doc_example(DOCS / "ea.md")
     assert "MAX_EPOCHS, BUDGET, POPULATION = 40, 2000, 10" in source
     source = source.replace("40, 2000, 10", "40, 400, 4")
+    # A study of its own: the session's service is shared, and the README's test expects
+    # "iris-ea" to have no finished runs.
+    assert '"iris-ea"' in source
+    study = f"iris-ea-{uuid.uuid4().hex[:8]}"
+    source = source.replace('"iris-ea"', repr(study))
     namespace: dict[str, object] = {"__name__": "ea_example"}
     exec(compile(source, "docs/integrations/ea.md", "exec"), namespace)
 
@@ -31,7 +37,7 @@ def test_the_documented_ea_spends_its_epoch_budget_through_the_oracle(
     assert 400 - 40 < spent <= 400 and evaluated >= 400 // 40
     runs = httpx.get(
         f"{shared_service.url}/v1/runs",
-        params={"study_id": "iris-ea", "limit": 100},
+        params={"study_id": study, "limit": 100},
         headers={"authorization": f"Bearer {WORKER_TOKEN}"},
     ).json()["runs"]
     assert len(runs) == evaluated

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from oracle_client import Oracle
 
+from oracle_client import Oracle
 from tests.client.scripted import ScriptedServer
 
 

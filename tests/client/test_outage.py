@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from oracle_client import AuthError, Conflict, Decision, InvalidInput, Oracle
 
+from oracle_client import AuthError, Conflict, Decision, InvalidInput, Oracle
 from tests.client.service_process import WORKER_TOKEN, ServiceProcess, running
 
 pytestmark = pytest.mark.slow

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from oracle_client import Oracle
 
+from oracle_client import Oracle
 from tests.client.service_process import WORKER_TOKEN, ServiceProcess
 
 pytestmark = pytest.mark.slow

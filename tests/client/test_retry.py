@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
+
 from oracle_client.retry import RetryPolicy, parse_retry_after
 
 

@@ -6,9 +6,9 @@ import math
 from collections.abc import Iterator
 
 import pytest
+
 from oracle_client import Decision, InvalidInput, Oracle, OracleError, OracleUnavailable
 from oracle_client.models import FAIL_OPEN
-
 from tests.client.scripted import Received, Reply, ScriptedServer, contract_reply, decision
 
 

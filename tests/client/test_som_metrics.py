@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from oracle_client import som_metrics
 
 minisom = pytest.importorskip("minisom")

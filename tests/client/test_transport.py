@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from oracle_client.errors import (
     AuthError,
     Conflict,
@@ -16,7 +17,6 @@ from oracle_client.errors import (
 )
 from oracle_client.retry import RetryPolicy
 from oracle_client.transport import Transport
-
 from tests.client.scripted import Reply, ScriptedServer
 
 OK = Reply(200, {"ok": True})

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import OperationalError
 
-from oracle.core.db import begin_nowait, make_engine
+from core.db import begin_nowait, make_engine
 
 BUSY_TIMEOUT_MS = 2_000
 

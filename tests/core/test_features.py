@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from oracle.core.features import (
+from core.features import (
     CONTEXT,
     CONTEXT_CHOICES,
     LOG_RATIO_LIMIT,

@@ -14,13 +14,13 @@ import pytest
 from sqlalchemy import Connection, create_engine, func, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from oracle.core import store
-from oracle.core.db import normalize_url
-from oracle.core.errors import StorageUnavailable
-from oracle.core.reference import history_array
-from oracle.core.store import Metrics, RunSpec, RunState
-from oracle.core.tables import Checkpoint, Run, Study, utcnow
-from oracle.service.state import storage_errors
+from core import store
+from core.db import normalize_url
+from core.errors import StorageUnavailable
+from core.reference import history_array
+from core.store import Metrics, RunSpec, RunState
+from core.tables import Checkpoint, Run, Study, utcnow
+from service.state import storage_errors
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from oracle.core.db import alembic_config, normalize_url
-from oracle.core.tables import Base
+from core.db import alembic_config, normalize_url
+from core.tables import Base
 
 
 def test_migrations_match_the_tables(database_url: str) -> None:
@@ -16,7 +16,7 @@ def test_migrations_match_the_tables(database_url: str) -> None:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         diff = compare_metadata(context, Base.metadata)
     engine.dispose()
-    assert diff == [], f"the migrations and oracle.core.tables disagree: {diff}"
+    assert diff == [], f"the migrations and core.tables disagree: {diff}"
 
 
 def test_migrations_downgrade_and_upgrade_again(tmp_path: object) -> None:
@@ -40,8 +40,8 @@ def test_migrations_downgrade_and_upgrade_again(tmp_path: object) -> None:
 def test_migrations_head_constant_is_the_newest_revision(tmp_path: object) -> None:
     from alembic.script import ScriptDirectory
 
-    from oracle.core.db import ensure_migrated
-    from oracle.migrations import HEAD
+    from core.db import ensure_migrated
+    from migrations import HEAD
 
     url = f"sqlite:///{tmp_path}/fresh/var/h.db"  # a folder that does not exist yet
     assert ScriptDirectory.from_config(alembic_config(url)).get_current_head() == HEAD

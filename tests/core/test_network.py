@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from oracle.core.network import LSTM, WAVEFRONT_UNITS, Network, State, Wavefront
+from core.network import LSTM, WAVEFRONT_UNITS, Network, State, Wavefront
 
 N_INPUTS = 6
 

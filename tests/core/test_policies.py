@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oracle.core.features import encode_context
-from oracle.core.policy import (
+from core.features import encode_context
+from core.policy import (
     GuardPolicy,
     MedianPolicy,
     OraclePolicy,
@@ -20,8 +20,8 @@ from oracle.core.policy import (
     chain_for,
     decide,
 )
-from oracle.core.reference import ReferenceSet
-from oracle.core.scoring import StudyPolicy, Threshold, Weights
+from core.reference import ReferenceSet
+from core.scoring import StudyPolicy, Threshold, Weights
 
 
 def reference(scales: list[float]) -> ReferenceSet:

@@ -11,7 +11,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oracle.core.reference import (
+from core.reference import (
     GRID_POINTS,
     ReferenceSet,
     SortedScores,
@@ -21,7 +21,7 @@ from oracle.core.reference import (
     percentile_of_sorted,
     percentile_scores,
 )
-from oracle.core.scoring import StudyPolicy, Threshold, Weights
+from core.scoring import StudyPolicy, Threshold, Weights
 
 metric = st.one_of(
     st.floats(0, 10, allow_nan=False, width=32), st.just(float("nan")), st.just(1e38)
@@ -139,13 +139,13 @@ def test_sorted_scores_find_percentiles_across_base_and_recent() -> None:
 FIRST_DECISIONS = """
 import sys
 import numpy as np
-import oracle.service.main
-from oracle.core import bundle
-from oracle.core.policy import Situation, chain_for, decide
-from oracle.core.reference import ReferenceSet
-from oracle.core.scoring import StudyPolicy
-from oracle.service.serving.loader import load_predictor
-from oracle.service.serving.reloader import WARMUP_HISTORY
+import service.main
+from core import bundle
+from core.policy import Situation, chain_for, decide
+from core.reference import ReferenceSet
+from core.scoring import StudyPolicy
+from service.serving.loader import load_predictor
+from service.serving.reloader import WARMUP_HISTORY
 
 artifact = bundle.DEFAULT_PATH.read_bytes()
 model = load_predictor("default", bundle.load(artifact).manifest, artifact)

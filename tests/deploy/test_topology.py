@@ -35,13 +35,13 @@ import pytest
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 
-from oracle.core import bundle, registry
-from oracle.core.db import Database
-from oracle.core.features import N_FEATURES, N_TARGETS
-from oracle.core.tables import Checkpoint, Run
-from oracle.training.config import TrainConfig
+from core import bundle, registry
+from core.db import Database
+from core.features import N_FEATURES, N_TARGETS
+from core.tables import Checkpoint, Run
 from tests.conftest import auth, oracle_bin
 from tests.load.harness import Server, metrics_at
+from training.config import TrainConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -153,7 +153,7 @@ def _start_trainer(database_url: str, workdir: Path) -> subprocess.Popen[bytes]:
     else:
         # Until `oracle train` is wired: the function it calls, in its own process all the same.
         code = (
-            "from oracle.training.commands import train; "
+            "from training.commands import train; "
             f"train(watch=True, database_url={database_url!r}, **{flags!r})"
         )
         command = [sys.executable, "-c", code]

@@ -22,8 +22,8 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from oracle.core.db import normalize_url
-from oracle.core.tables import Checkpoint, Run
+from core.db import normalize_url
+from core.tables import Checkpoint, Run
 from tests.conftest import TOKENS, free_port, oracle_bin
 
 N_RUNS = 50

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from oracle.core import bundle, registry
-from oracle.core.db import Database
+from core import bundle, registry
+from core.db import Database
 from tests.conftest import auth
 from tests.load.harness import Server, metrics_at
 from tests.training.conftest import random_bundle

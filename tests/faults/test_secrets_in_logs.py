@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from oracle.core import bundle, registry
-from oracle.core.db import Database
+from core import bundle, registry
+from core.db import Database
 from tests.conftest import TOKENS
 from tests.load.harness import Server
 from tests.training.conftest import random_bundle

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from oracle.core.tables import ModelVersion
+from core.tables import ModelVersion
 from tests.conftest import TOKENS, oracle_bin
 from tests.load.harness import Server, lost_or_changed, run_swarm
 

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 from sqlalchemy import create_engine, text
 
-from oracle.core.db import normalize_url
+from core.db import normalize_url
 from tests.conftest import TOKENS, free_port, oracle_bin
 
 START_TIMEOUT_S = 30.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from oracle.service.main import create_app
+from service.main import create_app
 from tests.conftest import auth, settings_for
 
 RUN = {"study_id": "s", "max_epochs": 10}

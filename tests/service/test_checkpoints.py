@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, func, select
 
-from oracle.core.tables import Checkpoint, Run
+from core.tables import Checkpoint, Run
 
 POINT = {"mqe": 1.0, "topographic_error": 0.2, "dead_neuron_ratio": 0.1}
 

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from oracle.core import bundle, registry
-from oracle.core.db import Database
-from oracle.core.features import N_FEATURES
-from oracle.service.main import create_app
+from core import bundle, registry
+from core.db import Database
+from core.features import N_FEATURES
+from service.main import create_app
 from tests.conftest import TOKENS, auth, free_port, oracle_bin, settings_for
 
 REPO = Path(__file__).resolve().parents[2]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from oracle.service.main import create_app
+from service.main import create_app
 from tests.conftest import auth, settings_for
 
 POINT = {"mqe": 1.0, "topographic_error": 0.2, "dead_neuron_ratio": 0.1}

@@ -16,8 +16,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
-from oracle.core import bundle, registry
-from oracle.service.main import create_app
+from core import bundle, registry
+from service.main import create_app
 from tests.conftest import TABLES, _truncate, auth, settings_for
 from tests.training.conftest import random_bundle
 

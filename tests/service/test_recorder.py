@@ -16,9 +16,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, func, select
 
-from oracle.core import store
-from oracle.core.tables import Checkpoint, Run
-from oracle.service.main import create_app
+from core import store
+from core.tables import Checkpoint, Run
+from service.main import create_app
 from tests.conftest import _truncate, auth, settings_for
 
 POINT = {"mqe": 1.0, "topographic_error": 0.1, "dead_neuron_ratio": 0.1}
@@ -349,7 +349,7 @@ def test_sqlite_commits_a_lone_checkpoint_on_the_loop_and_a_crowd_on_the_writer_
 
     from sqlalchemy import event
 
-    from oracle.service.recorder import INLINE_COMMIT_MAX
+    from service.recorder import INLINE_COMMIT_MAX
 
     app = create_app(settings_for(sqlite_url))
     committed_on: list[str] = []

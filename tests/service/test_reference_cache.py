@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from sqlalchemy import Connection, Engine, create_engine, update
 
-from oracle.core import store
-from oracle.core.db import normalize_url
-from oracle.core.store import Metrics, RunSpec
-from oracle.core.tables import Study, utcnow
-from oracle.service.reference_cache import ReferenceCache
+from core import store
+from core.db import normalize_url
+from core.store import Metrics, RunSpec
+from core.tables import Study, utcnow
+from service.reference_cache import ReferenceCache
 
 
 def _complete(conn: Connection, study_pk: int, run_ids: list[str]) -> None:

@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 from fastapi.testclient import TestClient
 
-from oracle.core import bundle, registry
-from oracle.core.db import Database
-from oracle.core.features import encode_context
-from oracle.core.forecast import BundlePredictor
-from oracle.core.reference import history_array
-from oracle.service.main import create_app
+from core import bundle, registry
+from core.db import Database
+from core.features import encode_context
+from core.forecast import BundlePredictor
+from core.reference import history_array
+from service.main import create_app
 from tests.conftest import auth, settings_for
 from tests.training.conftest import random_bundle
 

@@ -8,7 +8,7 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from starlette.routing import Match, Mount, Route
 
-from oracle.service.main import GC_YOUNG_THRESHOLD, create_app
+from service.main import GC_YOUNG_THRESHOLD, create_app
 from tests.conftest import auth, settings_for
 
 

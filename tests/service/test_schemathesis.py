@@ -23,8 +23,8 @@ from schemathesis import GenerationMode
 from schemathesis import checks as st_checks
 from schemathesis.specs.openapi import checks as openapi_checks
 
-from oracle.core import registry
-from oracle.service.main import create_app
+from core import registry
+from service.main import create_app
 from tests.conftest import TOKENS, _truncate, auth, settings_for
 
 MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "30"))

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oracle.service.main import create_app
+from service.main import create_app
 from tests.conftest import auth, settings_for
 
 values = st.one_of(

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from sqlalchemy.orm import Session
 
-from oracle.core import bundle
-from oracle.core.features import FEATURE_SCHEMA_VERSION, N_TARGETS, n_inputs
-from oracle.core.tables import Checkpoint, Run, Study
-from oracle.training.config import TrainConfig
-from oracle.training.dataset import RunRecord, load_file
-from oracle.training.models import architecture
+from core import bundle
+from core.features import FEATURE_SCHEMA_VERSION, N_TARGETS, n_inputs
+from core.tables import Checkpoint, Run, Study
+from training.config import TrainConfig
+from training.dataset import RunRecord, load_file
+from training.models import architecture
 
 LEVELS = TrainConfig().quantile_levels
 

@@ -9,10 +9,10 @@ import zipfile
 import numpy as np
 import pytest
 
-from oracle.core import bundle
-from oracle.core.errors import ModelUnavailable
-from oracle.core.features import FEATURE_SCHEMA_VERSION
-from oracle.service.serving.loader import load_predictor
+from core import bundle
+from core.errors import ModelUnavailable
+from core.features import FEATURE_SCHEMA_VERSION
+from service.serving.loader import load_predictor
 from tests.training.conftest import random_bundle
 
 HISTORY = np.array([[0.05, 1.2, 0.30, 0.20], [0.10, 1.0, 0.25, 0.18], [0.20, 0.9, 0.22, 0.15]])

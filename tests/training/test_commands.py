@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from oracle.core.errors import InvalidInput
-from oracle.training import commands
-from oracle.training.dataset import RunRecord
+from core.errors import InvalidInput
 from tests.training.conftest import random_bundle
+from training import commands
+from training.dataset import RunRecord
 
 
 @pytest.fixture
@@ -73,6 +73,6 @@ def test_evaluate_a_bundle_file_on_a_data_file(
 
 
 def test_importing_commands_does_not_import_tensorflow() -> None:
-    code = "import sys, oracle.training.commands; print('tensorflow' in sys.modules)"
+    code = "import sys, training.commands; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

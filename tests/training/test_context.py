@@ -10,12 +10,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from oracle.core import bundle
-from oracle.core.errors import ModelUnavailable
-from oracle.core.features import N_FEATURES, encode_context, encode_history, n_inputs
-from oracle.core.forecast import BundlePredictor
-from oracle.training.dataset import Inputs, RunRecord, step_arrays
+from core import bundle
+from core.errors import ModelUnavailable
+from core.features import N_FEATURES, encode_context, encode_history, n_inputs
+from core.forecast import BundlePredictor
 from tests.training.conftest import random_bundle
+from training.dataset import Inputs, RunRecord, step_arrays
 
 WEIGHTS = (1.0, 1.0, 0.5)
 SMALL = {"x": 6, "y": 4, "sigma": 0.8, "learning_rate": 0.05, "neighborhood_function": "bubble"}

@@ -11,8 +11,9 @@ import numpy as np
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
-from oracle.core.tables import Run, Study
-from oracle.training.dataset import (
+from core.tables import Run, Study
+from tests.training.conftest import store_runs
+from training.dataset import (
     MASK_VALUE,
     RunRecord,
     count_finished,
@@ -22,7 +23,6 @@ from oracle.training.dataset import (
     split_runs,
     step_arrays,
 )
-from tests.training.conftest import store_runs
 
 
 def test_split_is_by_run_and_covers_every_run(runs: list[RunRecord]) -> None:

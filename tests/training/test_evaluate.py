@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from oracle.core import bundle
-from oracle.core.forecast import BundlePredictor
-from oracle.training import evaluate
-from oracle.training.dataset import RunRecord, score_weights
+from core import bundle
+from core.forecast import BundlePredictor
 from tests.training.conftest import random_bundle
+from training import evaluate
+from training.dataset import RunRecord, score_weights
 
 
 def _predictor(seed: int = 0) -> BundlePredictor:
@@ -79,7 +79,7 @@ def test_backtest_regret_of_a_group_that_lost_every_run_is_null_not_infinite(
     # few runs then keeps none, which once put Infinity in the manifest (Postgres refuses it).
     import json
 
-    from oracle.core.policy import Prediction
+    from core.policy import Prediction
 
     class Doom:
         version = "doom"

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from oracle.core.bundle import Bundle
-from oracle.core.features import N_FEATURES, N_TARGETS
-from oracle.core.forecast import BundlePredictor
-from oracle.core.network import Network
-from oracle.training import models
-from oracle.training.dataset import MASK_VALUE
+from core.bundle import Bundle
+from core.features import N_FEATURES, N_TARGETS
+from core.forecast import BundlePredictor
+from core.network import Network
 from tests.training.conftest import LEVELS
+from training import models
+from training.dataset import MASK_VALUE
 
 ARCHITECTURES = ["standard", "bidirectional", "lite", "attention"]
 N_SEQUENCES = 200

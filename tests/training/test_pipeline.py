@@ -10,13 +10,13 @@ import pytest
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from oracle.core import registry
-from oracle.core.tables import ModelVersion
-from oracle.service.serving.loader import load_predictor
-from oracle.training import pipeline, publish, watch
-from oracle.training.config import TrainConfig
-from oracle.training.dataset import RunRecord
+from core import registry
+from core.tables import ModelVersion
+from service.serving.loader import load_predictor
 from tests.training.conftest import store_runs
+from training import pipeline, publish, watch
+from training.config import TrainConfig
+from training.dataset import RunRecord
 
 TINY = TrainConfig(model="lite", width=0.1, epochs=1, batch_size=64)
 

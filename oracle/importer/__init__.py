@@ -1,5 +1,0 @@
-"""`oracle import`: finished histories from files into the database, as the API would store them."""
-
-from oracle.importer.loader import ImportSummary, import_paths
-
-__all__ = ["ImportSummary", "import_paths"]

@@ -94,6 +94,11 @@ def _nested(depth: int) -> dict[str, Any]:
     return value
 
 
+def _deep(depth: int, leaf: str = "1") -> RawJSON:
+    """A JSON object nested `depth` levels, as text: json.dumps itself recurses too far."""
+    return RawJSON('{"a": ' * depth + leaf + "}" * depth)
+
+
 def _field_cases(endpoint: str, base: dict[str, Any], fields: dict[str, list[Any]]) -> list[Case]:
     method, path, _ = ENDPOINTS[endpoint]
     cases = []
@@ -155,6 +160,15 @@ def _generic_cases(endpoint: str) -> list[Case]:
         Case(f"{endpoint}-string", method, path, raw=b'"x"', names="body"),
         Case(f"{endpoint}-not-utf8", method, path, raw=b'{"\xff\xfe": 1}', names="UTF-8"),
         Case(f"{endpoint}-unknown-field", method, path, body=_with(body, sneaky=1), names="sneaky"),
+        # nested past the parser's bound (bodies.MAX_DEPTH): refused before json parses it
+        Case(
+            f"{endpoint}-deep-field",
+            method,
+            path,
+            raw=_raw(good[:-1] + ', "sneaky": ' + "[" * 5000 + "]" * 5000 + "}"),
+            names="sneaky",
+        ),
+        Case(f"{endpoint}-deep-array", method, path, raw=_raw("[" * 100 + "]" * 100), names="body"),
         Case(
             f"{endpoint}-duplicate-key",
             method,
@@ -281,7 +295,10 @@ def _cases() -> list[Case]:
             [],
             "x",
             1,
+            _nested(9),
             _nested(50),
+            _deep(5000),
+            _deep(5000, leaf="{}"),
             {"big": "x" * 17_000},
             RawJSON('{"a": NaN}'),
             RawJSON('{"a": [1, Infinity]}'),
@@ -348,6 +365,7 @@ def _cases() -> list[Case]:
             ],
             "topographic_error": [[0.1, 1.5], [0.1], [0.1, None], MISSING],
             "dead_neuron_ratio": [[0.1, -0.5], [0.1, "0.1"], RawJSON("[0.1, Infinity]"), MISSING],
+            "config": [[], _nested(9), _deep(5000)],
             "weights": [
                 [1, 1],
                 [1, 1, 1, 1],

@@ -23,7 +23,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-from core.db import upgrade
+from core.schema import upgrade
 from tests.load.harness import Server, lost_or_changed, run_swarm
 from tests.scratch import postgres_database
 

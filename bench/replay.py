@@ -607,7 +607,7 @@ def bench_server_cmd(port: int, server_workers: int) -> list[str]:
 @contextlib.contextmanager
 def fresh_database(backend: str, pg_url: str, tmp: Path) -> Iterator[str]:
     """A new, migrated database; removed afterwards."""
-    from core.db import upgrade
+    from core.schema import upgrade
 
     if backend == "sqlite":
         path = tmp / f"bench-{uuid.uuid4().hex[:8]}.db"

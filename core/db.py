@@ -1,4 +1,4 @@
-"""Engines and session factories for SQLite (WAL) and Postgres, and the migration entry point."""
+"""Engines and session factories for SQLite (WAL) and Postgres."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 DEFAULT_DATABASE_URL = "sqlite:///./var/oracle.db"
 
 
@@ -34,14 +33,17 @@ def is_sqlite(url: str) -> bool:
     return make_url(normalize_url(url)).get_backend_name() == "sqlite"
 
 
-def _sqlite_file(url: str) -> Path | None:
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL; None for an in-memory database."""
     database = make_url(url).database
     if not database or database == ":memory:":
         return None
     return Path(database)
 
 
-def _configure_sqlite(engine: Engine, *, immediate: bool, busy_timeout_ms: int) -> None:
+def _configure_sqlite(
+    engine: Engine, *, immediate: bool, busy_timeout_ms: int, foreign_keys: bool
+) -> None:
     # pysqlite's own transaction handling is off, so that we emit BEGIN ourselves: a writer
     # must take the write lock at BEGIN (IMMEDIATE), or a read-then-write transaction in WAL
     # fails with "database is locked" at once when another process wrote in between, and
@@ -51,7 +53,7 @@ def _configure_sqlite(engine: Engine, *, immediate: bool, busy_timeout_ms: int) 
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         # FULL: a commit is on disk before the worker hears its decision (WAL + NORMAL can
         # lose the last transactions on power loss, which would break "nothing acknowledged
@@ -136,12 +138,14 @@ def make_engine(
     busy_timeout_ms: int = 10_000,
     pool_size: int = 5,
     pre_ping: bool = True,
+    foreign_keys: bool = True,
 ) -> Engine:
-    """An engine for `url`. For SQLite, `writer` engines take the write lock at BEGIN.
-    `pre_ping` (Postgres): test each connection taken from the pool with a round trip."""
+    """An engine for `url`. For SQLite, `writer` engines take the write lock at BEGIN, and
+    `foreign_keys` are enforced unless turned off (for migrations). `pre_ping` (Postgres): test
+    each connection taken from the pool with a round trip."""
     url = normalize_url(url)
     if is_sqlite(url):
-        path = _sqlite_file(url)
+        path = sqlite_file(url)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
@@ -151,7 +155,9 @@ def make_engine(
             max_overflow=pool_size,
             pool_pre_ping=False,
         )
-        _configure_sqlite(engine, immediate=writer, busy_timeout_ms=busy_timeout_ms)
+        _configure_sqlite(
+            engine, immediate=writer, busy_timeout_ms=busy_timeout_ms, foreign_keys=foreign_keys
+        )
         return engine
     return create_engine(url, pool_pre_ping=pre_ping, **_postgres_pool(pool_size))
 
@@ -224,50 +230,6 @@ class Database:
         if self.async_write_engine is not None:
             await self.async_write_engine.dispose()
         self.dispose()
-
-
-def alembic_config(url: str) -> Any:
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.set_main_option("sqlalchemy.url", normalize_url(url).replace("%", "%%"))
-    return config
-
-
-def upgrade(url: str, revision: str = "head") -> None:
-    """`alembic upgrade head` on `url`: the only way the schema comes into a database."""
-    from alembic import command
-
-    url = normalize_url(url)
-    if is_sqlite(url):
-        path = _sqlite_file(url)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-    command.upgrade(alembic_config(url), revision)
-
-
-def ensure_migrated(url: str) -> None:
-    """`upgrade` unless the database is already at the newest revision (a cheap check)."""
-    from sqlalchemy import inspect, text
-
-    from migrations import HEAD
-
-    url = normalize_url(url)
-    path = _sqlite_file(url) if is_sqlite(url) else None
-    if path is not None and not path.exists():
-        upgrade(url)  # a new file (and its folder): nothing to check
-        return
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            if inspect(conn).has_table("alembic_version"):
-                current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-                if current == HEAD:
-                    return
-    finally:
-        engine.dispose()
-    upgrade(url)
 
 
 def redacted(url: str) -> str:

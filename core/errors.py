@@ -23,3 +23,8 @@ class ModelUnavailable(OracleError):
 
 class StorageUnavailable(OracleError):
     """The database cannot be reached or cannot be written right now; retrying later may work."""
+
+
+class SchemaMismatch(OracleError):
+    """The database's schema is not this code's: ahead of it, or behind it and not to be
+    migrated now (`oracle serve` refuses to start; /readyz is not ready)."""

@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from core.db import DEFAULT_DATABASE_URL, ensure_migrated, is_sqlite, redacted, upgrade
+from core.db import DEFAULT_DATABASE_URL, redacted
+from core.errors import SchemaMismatch
 
 app = typer.Typer(
     help="The Oracle: tells each SOM training whether it is worth finishing.",
@@ -29,7 +30,7 @@ def serve(
     workers: Annotated[int, typer.Option(envvar="WEB_CONCURRENCY", min=1)] = 1,
     database_url: DatabaseOption = DEFAULT_DATABASE_URL,
 ) -> None:
-    """Serve the API (migrating a SQLite database first)."""
+    """Serve the API, first bringing the database's schema to head (ORACLE_MIGRATE_ON_START)."""
     import uvicorn
 
     from service.settings import Settings, is_loopback
@@ -45,8 +46,7 @@ def serve(
         raise typer.Exit(2)
     if not (settings.tokens or settings.tokens_file):
         typer.echo(f"no tokens configured: authentication is off, serving on {host} only", err=True)
-    if is_sqlite(database_url):
-        ensure_migrated(database_url)
+    _at_head(database_url, migrate=settings.migrate_on_start)
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Several processes: each writes its metrics to files that /metrics adds up.
         metrics_dir = Path("var") / f"prometheus-{os.getpid()}"
@@ -63,10 +63,28 @@ def serve(
     )
 
 
+def _at_head(database_url: str, *, migrate: bool) -> None:
+    """The schema at head (migrated if `migrate`), or a one-line refusal and exit code 2: a
+    schema ahead of the code, behind it with migrating off, or a database out of reach."""
+    from sqlalchemy.exc import OperationalError
+
+    from core import schema
+
+    try:
+        schema.prepare(database_url, migrate=migrate)
+    except SchemaMismatch as e:
+        typer.echo(f"{redacted(database_url)}: {e}", err=True)
+        raise typer.Exit(2) from None
+    except OperationalError as e:  # unreachable, refused, locked past the wait: say so, briefly
+        first = (str(e.orig or e).strip().splitlines() or [type(e).__name__])[0]
+        typer.echo(f"{redacted(database_url)}: the database cannot be used: {first}", err=True)
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def migrate(database_url: DatabaseOption = DEFAULT_DATABASE_URL) -> None:
-    """`alembic upgrade head` on DATABASE_URL."""
-    upgrade(database_url)
+    """`alembic upgrade head` on DATABASE_URL, under the lock that `oracle serve` takes too."""
+    _at_head(database_url, migrate=True)
     typer.echo(f"migrated {redacted(database_url)} to head")
 
 
@@ -81,7 +99,7 @@ def import_(
     """Load finished histories: JSON lines of runs, the seed's JSON histories or dataset CSV."""
     from service.importer import import_paths
 
-    upgrade(database_url)
+    _at_head(database_url, migrate=True)
     summary = import_paths(database_url, files, default_study=study)
     typer.echo(summary.describe())
     if summary.errors:

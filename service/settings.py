@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     # How often each process looks at the registry's active alias (seconds).
     model_poll_s: float = Field(2.0, gt=0)
     db_pool_size: int = Field(5, ge=1)
+    # `oracle serve` brings an empty or older schema to head before it serves (under the
+    # migration lock, so replicas may start together). Off: it refuses to start unless the
+    # schema is at head, for deployments that migrate as a step of their own.
+    migrate_on_start: bool = True
     # Activate the model shipped with the package when no version is active, so a fresh
     # deployment decides with the oracle policy from its first request.
     default_model: bool = True

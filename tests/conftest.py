@@ -16,7 +16,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
 from core.datafile import read_bytes
-from core.db import upgrade
+from core.db import normalize_url
+from core.schema import alembic_config, upgrade
 from service.main import create_app
 from service.settings import Settings
 from tests.scratch import postgres_database
@@ -81,6 +82,43 @@ def database_url(
         url = request.getfixturevalue("postgres_server_url")
         _truncate(url)
         yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database with no schema: a SQLite file not created yet, or a new Postgres database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/not-yet/oracle.db"
+        return
+    server = os.environ.get("TEST_POSTGRES_URL")
+    if not server:
+        pytest.skip("TEST_POSTGRES_URL is not set")
+    with postgres_database(server, "oracle_empty", migrate=False) as url:
+        yield url
+
+
+def alembic_versions(url: str) -> list[str]:
+    """The rows of the database's alembic_version: one, the revision its schema is at."""
+    engine = create_engine(normalize_url(url))
+    try:
+        with engine.connect() as conn:
+            return [r[0] for r in conn.execute(text("SELECT version_num FROM alembic_version"))]
+    finally:
+        engine.dispose()
+
+
+def set_alembic_version(url: str, version: str | None) -> None:
+    """Moves the schema's recorded revision: None downgrades it to base (no tables), a name
+    the code does not know makes it look migrated by a newer Oracle."""
+    if version is None:
+        from alembic import command
+
+        command.downgrade(alembic_config(url), "base")
+        return
+    engine = create_engine(normalize_url(url))
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": version})
+    engine.dispose()
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""A scratch Postgres database: created, migrated, dropped. For tests and benchmarks."""
+"""A scratch Postgres database: created, migrated (unless asked not to), dropped. For tests and
+benchmarks."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from contextlib import contextmanager
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from core.db import normalize_url, upgrade
+from core.db import normalize_url
+from core.schema import upgrade
 
 
 @contextmanager
-def postgres_database(server_url: str, prefix: str) -> Iterator[str]:
-    """A new database on the server of `server_url`, at the schema's head, dropped afterwards."""
+def postgres_database(server_url: str, prefix: str, *, migrate: bool = True) -> Iterator[str]:
+    """A new database on the server of `server_url`, at the schema's head (or empty, without
+    `migrate`), dropped afterwards."""
     base = normalize_url(server_url)
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     # pre-ping: a test that restarts the server (tests/faults) must not leave this engine
@@ -24,7 +27,8 @@ def postgres_database(server_url: str, prefix: str) -> Iterator[str]:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     try:
         url = make_url(base).set(database=name).render_as_string(hide_password=False)
-        upgrade(url)
+        if migrate:
+            upgrade(url)
         yield url
     finally:
         with admin.connect() as conn:

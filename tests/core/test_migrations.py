@@ -6,7 +6,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from core.db import alembic_config, normalize_url
+from core.db import normalize_url
+from core.schema import alembic_config
 from core.tables import Base
 
 
@@ -35,18 +36,3 @@ def test_migrations_downgrade_and_upgrade_again(tmp_path: object) -> None:
         inspect(engine).get_table_names()
     )
     engine.dispose()
-
-
-def test_migrations_head_constant_is_the_newest_revision(tmp_path: object) -> None:
-    from alembic.script import ScriptDirectory
-
-    from core.db import ensure_migrated
-    from migrations import HEAD
-
-    url = f"sqlite:///{tmp_path}/fresh/var/h.db"  # a folder that does not exist yet
-    assert ScriptDirectory.from_config(alembic_config(url)).get_current_head() == HEAD
-    ensure_migrated(url)  # an empty file is migrated
-    engine = create_engine(url)
-    assert "runs" in inspect(engine).get_table_names()
-    engine.dispose()
-    ensure_migrated(url)  # and a migrated one is left alone

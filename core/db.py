@@ -63,23 +63,22 @@ def _configure_sqlite(
 
     begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
 
-    # On the driver (`driver_execute`): through SQLAlchemy's execution context a BEGIN cost
-    # ~45 µs more.
+    # On the driver (`_on_driver`), not through SQLAlchemy.
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         if not conn.get_execution_options().get(NOWAIT, False):
-            driver_execute(conn, begin, ())
+            _on_driver(conn, begin)
             return
-        driver_execute(conn, "PRAGMA busy_timeout=0", ())
+        _on_driver(conn, "PRAGMA busy_timeout=0")
         try:
-            driver_execute(conn, begin, ())
+            _on_driver(conn, begin)
         except DBAPIError as e:
             code = getattr(e.orig, "sqlite_errorcode", None)
             if code is not None and code & 0xFF == sqlite3.SQLITE_BUSY:  # and extended codes
                 raise LockBusy("another connection holds the write lock") from e
             raise
         finally:
-            driver_execute(conn, f"PRAGMA busy_timeout={int(busy_timeout_ms)}", ())
+            _on_driver(conn, f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
 
 
 # An execution option of a SQLite writer's Connection: its BEGIN IMMEDIATE fails at once with
@@ -108,26 +107,18 @@ def begin_nowait(conn: Connection) -> bool:
     return True
 
 
-def driver_execute(conn: Connection, sql: str, args: Any, *, many: bool = False) -> list[Any]:
-    """Run driver SQL on `conn`'s DBAPI connection, in its transaction; the rows it returns.
-
-    For SQLite's BEGIN (above) and the writer's batch statements (store.py), whose SQL and
-    parameters are ready for the driver: SQLAlchemy's execution context and result around
-    them (events, cursor metadata, the result object) cost ~45 µs a statement, five times the
-    statement itself (an UPDATE of one run: 55 µs against 9 µs, measured on this box). The
-    driver's errors are wrapped as SQLAlchemy wraps them, so that `storage_errors` and the
-    batch's rollback see the same exceptions either way.
-    """
+def _on_driver(conn: Connection, sql: str) -> None:
+    """Run `sql` (BEGIN, a PRAGMA: no parameters, no rows) on `conn`'s DBAPI connection:
+    through SQLAlchemy's execution context a BEGIN cost ~45 µs more, on every transaction of
+    the writer. The driver's errors are wrapped as SQLAlchemy wraps them, so that
+    `storage_errors` and `begin_nowait` see the same exceptions either way."""
     driver = conn.connection.driver_connection
-    assert driver is not None  # the connection is checked out, in its transaction
+    assert driver is not None  # the connection is checked out
     try:
-        if many:
-            driver.executemany(sql, args).close()
-            return []
-        return list(driver.execute(sql, args).fetchall())
+        driver.execute(sql).close()
     except conn.dialect.loaded_dbapi.Error as e:
         raise DBAPIError.instance(
-            sql, args, e, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect, ismulti=many
+            sql, (), e, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect
         ) from e
 
 

@@ -21,6 +21,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 ID_LENGTH = 128
+# A run's `status`: it takes checkpoints while running, and ends as one of the others.
+RUN_STATUSES = ("running", "completed", "stopped", "failed")
+FINISHED_STATUSES = RUN_STATUSES[1:]
 
 
 def utcnow() -> datetime:

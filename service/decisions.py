@@ -20,7 +20,7 @@ from service.api.present import decision_of
 from service.reference_cache import ReferenceCache
 from service.schemas import CheckpointIn, Decision
 from service.serving.holder import ModelHolder
-from service.state import storage_errors
+from service.storage import storage_errors
 
 TARGETS = ("mqe", "topographic_error", "dead_neuron_ratio")
 
@@ -32,24 +32,11 @@ def record_one(
     run_id: str,
     body: CheckpointIn,
 ) -> Decision:
-    """Answer one checkpoint in its own transaction; a lost race is re-read once."""
-    try:
-        return _record(db, references, models, run_id, body)
-    except _RaceLost:
-        # The winner's row is committed now: a retry returns it (same values) or a 409.
-        return _record(db, references, models, run_id, body)
-
-
-class _RaceLost(Exception):
-    """Another process stored this run's next epoch first."""
-
-
-def _record(
-    db: Database, references: ReferenceCache, models: ModelHolder, run_id: str, body: CheckpointIn
-) -> Decision:
+    """Answer one checkpoint in its own transaction, from the database's truth: the run's row
+    is locked from its read to the commit, so no other writer moves the run on meanwhile."""
     observed = Metrics.of(body.mqe, body.topographic_error, body.dead_neuron_ratio)
     with storage_errors(), db.writes.begin() as session:
-        run = store.get_run(session, run_id)
+        run = store.get_run(session, run_id, for_update=True)
         if body.epoch > run.max_epochs:
             raise InvalidInput(
                 f"epoch {body.epoch} is outside 0..{run.max_epochs} (the run's max_epochs)"
@@ -79,10 +66,7 @@ def _record(
         )
         verdict = decide(chain_for(policy.decider), situation)
         row = row_of_verdict(body, observed, run.max_epochs, verdict)
-        try:
-            store.insert_checkpoint(session, run, row)
-        except Conflict as e:
-            raise _RaceLost from e
+        store.insert_checkpoint(session, run, row)
         return decision_of_verdict(run_id, row)
 
 

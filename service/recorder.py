@@ -9,25 +9,22 @@ requests meanwhile, and Postgres's round trips are awaited (see `Recorder._write
 
 Each general write of a batch runs in its own SAVEPOINT, so one that fails (a conflict, say)
 takes nothing else with it. The writes of the workers' loop (start a run, its checkpoints,
-finish it) take Core statements that cannot fail on their own: whatever they cannot settle (a
-retry, a conflict, a lost race) goes one at a time, in its own transaction, after the batch,
-through the ORM code that knows every rule.
+finish it) go through `store.write_batch`, which cannot fail on their account: whatever it
+cannot settle (a retry, a conflict, a lost race) goes one at a time, in its own transaction,
+after the batch, through the store functions that check every rule.
 
 A batch is planned first (its checkpoints decided, against committed reference sets), then
-written. On Postgres the whole batch (starts, finishes, checkpoints) is one statement, run
-outside a transaction block: one round trip (`store.write_batch`). On SQLite it is a few
-statements run on the driver's connection: the new runs, the finishes, an UPDATE of the runs
-that advance and a multi-row INSERT of their checkpoints. The process keeps each running
-run's history between checkpoints, and every UPDATE is a compare-and-swap on the run's last
-epoch, so a history that changed elsewhere (another replica, a finish) is noticed, reloaded
-and decided again. The model's forecasts for the batch are made together, one network step
-for all the runs it has seen before.
+written by `store.write_batch`: a few statements for the whole batch, the same on both
+backends. The process keeps each running run's history between checkpoints; the batch locks
+and reads the rows of the runs it advances or ends first, so a history that changed
+elsewhere (another replica, a finish) is noticed, reloaded and decided again. The model's
+forecasts for the batch are made together, one network step for all the runs it has seen
+before.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -54,12 +51,14 @@ from service.decisions import decision_of_verdict, record_one, row_of_verdict
 from service.reference_cache import ReferenceCache
 from service.schemas import CheckpointIn, Decision, RunPublic
 from service.serving.holder import ModelHolder
-from service.state import storage_errors
+from service.storage import storage_errors
 
 log = structlog.get_logger()
 T = TypeVar("T")
 
-MAX_BATCH = store.MAX_BATCH_ROWS
+# At most this many writes per batch: a batch holds its runs' row locks until it commits, and
+# at 64 workers batches stay far below it.
+MAX_BATCH = 256
 # A SQLite batch of at most this many writes commits on the event loop, not on the writer
 # thread. At the workers' training pace a batch is one or two checkpoints, and the hop to the
 # thread and back (two wake-ups of an idle core) cost more than the fsync it spared the loop:
@@ -157,14 +156,6 @@ class Recorder:
         self._runs: OrderedDict[str, RunState] = OrderedDict()
         self._study_pks: dict[str, int] = {}  # studies are never deleted
         self._study_ids: dict[int, str] = {}
-        # In the background: start-up need not wait, and a batch that needs a shape first
-        # compiles it itself (the cache is shared).
-        threading.Thread(
-            target=store.compile_batch_statements,
-            args=(db.write_engine.dialect,),
-            name="oracle-compile",
-            daemon=True,
-        ).start()
 
     # --- any write -----------------------------------------------------------------------
 
@@ -226,8 +217,7 @@ class Recorder:
         the loop under load). On SQLite, COMMIT (an fsync) of all but a small batch goes to the
         thread, and so does BEGIN IMMEDIATE when it must wait for another process's write; on
         Postgres each round trip is awaited (SQLAlchemy's asyncio engine, the same code run in
-        a greenlet), and a batch without general writes is one round trip. The rare
-        one-at-a-time writes go to the thread too.
+        a greenlet). The rare one-at-a-time writes go to the thread too.
         """
         loop = asyncio.get_running_loop()
         outcome = _Outcome(batch)
@@ -235,8 +225,6 @@ class Recorder:
             with storage_errors():
                 if self.db.async_writes is None:
                     await self._write_sqlite(batch, outcome)
-                elif self._one_statement(batch):
-                    await self._write_postgres(outcome)
                 else:
                     async with self.db.async_writes.begin() as session:
                         await session.run_sync(
@@ -271,36 +259,6 @@ class Recorder:
                 await loop.run_in_executor(self._executor, conn.commit)
         finally:
             conn.close()  # rolls back what was not committed
-
-    def _one_statement(self, batch: list[_Item]) -> bool:
-        """Whether a Postgres batch can be written by one statement outside a transaction
-        block (`store.write_batch`): no general write (those need a transaction), and every
-        study its starts name already known (a new one is inserted by a statement of its own)."""
-        return all(
-            isinstance(item, _Pending | _Finish)
-            or (isinstance(item, _Start) and item.spec.study_id in self._study_pks)
-            for item in batch
-        )
-
-    async def _write_postgres(self, outcome: _Outcome) -> None:
-        """The batch's writes in one statement, atomic on its own, run outside a transaction
-        block: one round trip where BEGIN, a statement each for starts, finishes, reference
-        numbers and checkpoints, and COMMIT took up to seven, with the server idle meanwhile
-        (one batch is in flight at a time). Its reads (runs not cached, a stale reference
-        set) see committed data, and come before the statement."""
-        engine = self.db.async_write_engine
-        assert engine is not None
-        async with engine.connect() as conn:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await conn.run_sync(self._store_batch_at_once, outcome)
-
-    def _store_batch_at_once(self, conn: Connection, outcome: _Outcome) -> None:
-        self._fill_cache(conn, outcome.touched)
-        plan = self._plan(conn, outcome)
-        written = store.write_batch(
-            conn, plan.start_keys(), plan.end_rows(), plan.checkpoint_rows(), plan.now
-        )
-        self._apply(conn, plan, written, outcome)
 
     def _take_batch(self) -> list[_Item]:
         """Up to MAX_BATCH writes, at most one checkpoint per run (a run's next one waits)."""
@@ -347,10 +305,8 @@ class Recorder:
                     session.close()
         self._fill_cache(conn, outcome.touched)
         plan = self._plan(conn, outcome)
-        written = store.BatchWritten(
-            store.insert_new_runs(conn, plan.start_keys()),
-            store.finish_runs(conn, plan.end_rows(), plan.now),
-            store.store_checkpoints(conn, plan.checkpoint_rows()),
+        written = store.write_batch(
+            conn, plan.start_keys(), plan.end_rows(), plan.checkpoint_rows(), plan.now
         )
         self._apply(conn, plan, written, outcome)
 

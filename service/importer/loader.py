@@ -22,14 +22,13 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from core import store
 from core.datafile import uncompressed_size
 from core.db import Database
 from core.errors import Conflict
-from core.tables import Checkpoint, Run, utcnow
+from core.tables import Run, utcnow
 from service.importer.records import ImportedCheckpoint, ImportedRun
 from service.importer.sources import expand, read
 
@@ -141,7 +140,7 @@ def _commit(
 
 def _store(session: Session, where: str, imported: ImportedRun, tally: _Tally) -> None:
     # Every refusal comes before the run's first write, so a bad run leaves nothing behind
-    # and its batch goes on (create_run guards its own insert with a savepoint).
+    # and its batch goes on (create_run leaves a taken id alone instead of failing on it).
     try:
         run, created = store.create_run(session, imported.run_id, imported.spec)
     except Conflict as e:
@@ -163,24 +162,16 @@ def _store(session: Session, where: str, imported: ImportedRun, tally: _Tally) -
 
 
 def _insert_history(session: Session, run: Run, imported: ImportedRun) -> None:
-    """All checkpoints of a new run in one statement, and the run advanced to its last epoch.
-
-    The rows are those `store.insert_checkpoint` writes one by one for the API; in bulk,
-    because per-checkpoint statements make a large import take minutes. No one else can
-    write to this run meanwhile: it was created in this transaction, unseen until commit.
-    """
-    # Through the connection: a plain executemany, without the ORM's bulk-insert bookkeeping.
-    session.connection().execute(
-        insert(Checkpoint), [_row(run.pk, imported, point) for point in imported.checkpoints]
-    )
-    run.last_epoch = imported.checkpoints[-1].epoch
-    run.n_checkpoints = len(imported.checkpoints)
+    """All checkpoints of a new run in one statement (per-checkpoint statements make a large
+    import take minutes), and the run advanced to its last epoch. No one else can write to
+    this run meanwhile: it was created in this transaction, unseen until commit."""
+    rows = [_row(imported, point) for point in imported.checkpoints]
+    store.insert_history(session, run, rows)
 
 
-def _row(run_pk: int, imported: ImportedRun, point: ImportedCheckpoint) -> dict[str, Any]:
+def _row(imported: ImportedRun, point: ImportedCheckpoint) -> dict[str, Any]:
     """The checkpoint's row as the API stores it, with an 'import' decision, not a policy's."""
     return {
-        "run_pk": run_pk,
         "epoch": point.epoch,
         "progress": point.epoch / imported.spec.max_epochs,
         **point.metrics.as_dict(),

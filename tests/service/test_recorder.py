@@ -19,7 +19,7 @@ from sqlalchemy import create_engine, func, select
 from core import store
 from core.tables import Checkpoint, Run
 from service.main import create_app
-from tests.conftest import _truncate, auth, settings_for
+from tests.conftest import auth, settings_for
 
 POINT = {"mqe": 1.0, "topographic_error": 0.1, "dead_neuron_ratio": 0.1}
 
@@ -228,75 +228,63 @@ def test_recorder_batches_starts_checkpoints_and_finishes_of_many_runs(database_
     assert seqs == list(range(1, len(completed) + 1))
 
 
-def test_postgres_writes_a_batch_in_one_autocommitted_statement_when_it_can(
-    postgres_server_url: str, monkeypatch: pytest.MonkeyPatch
+def test_recorder_writes_the_workers_writes_that_arrive_together_in_one_write_batch(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On Postgres a batch of the workers' writes (starts in known studies, finishes,
-    checkpoints) is one statement outside a transaction block (store.write_batch). A batch
-    with a general write, or a start in a study this process has not seen, takes a statement
-    each in a transaction; and a connection that ran in autocommit goes back to the pool in
-    its default mode."""
-    _truncate(postgres_server_url)
-    seen: list[tuple[str, frozenset[str], bool]] = []  # (how, checkpoints' runs, autocommit)
+    """A start, a finish and a checkpoint that arrive together are one batch: one
+    store.write_batch (a few statements in one transaction, on both backends), also beside a
+    general write (a study's settings) and a start in a study not seen yet."""
+    seen: list[tuple[frozenset[str], frozenset[int], frozenset[str]]] = []  # starts, ends, points
+    real = store.write_batch
 
-    def spy(how: str, real: Any) -> Any:
-        def spying(conn: Any, *args: Any) -> Any:
-            checkpoints = args[2] if how == "one statement" else args[0]
-            if checkpoints:  # every batch writes through one of them, checkpoints or none
-                ids = frozenset(state.run_id for state, _ in checkpoints)
-                seen.append((how, ids, conn.connection.driver_connection.autocommit))
-            return real(conn, *args)
+    def spying(conn: Any, starts: Any, ends: Any, checkpoints: Any, now: Any) -> Any:
+        if starts or ends or checkpoints:
+            seen.append(
+                (
+                    frozenset(run_id for run_id, _, _ in starts),
+                    frozenset(state.pk for state, _, _ in ends),
+                    frozenset(state.run_id for state, _ in checkpoints),
+                )
+            )
+        return real(conn, starts, ends, checkpoints, now)
 
-        return spying
-
-    monkeypatch.setattr(store, "write_batch", spy("one statement", store.write_batch))
-    monkeypatch.setattr(store, "store_checkpoints", spy("several", store.store_checkpoints))
-    app = create_app(settings_for(postgres_server_url))
+    monkeypatch.setattr(store, "write_batch", spying)
+    app = create_app(settings_for(database_url))
     spec = {"study_id": "s", "max_epochs": 5}
 
     async def scenario() -> list[httpx.Response]:
         async with _serving(app) as client:
             out = [await client.put(f"/v1/runs/{r}", json=spec) for r in ("a", "b")]
             out.append(await client.post("/v1/runs/a/checkpoints", json={"epoch": 1, **POINT}))
-            # a start, a finish and a checkpoint together: one batch, one statement
+            seen.clear()
             out += await asyncio.gather(
                 client.put("/v1/runs/c", json=spec),
                 client.post("/v1/runs/a/finish", json={"status": "stopped"}),
                 client.post("/v1/runs/b/checkpoints", json={"epoch": 1, **POINT}),
             )
-            # a general write (a study's settings) beside a checkpoint: a transaction
             out += await asyncio.gather(
                 client.put("/v1/studies/other", json={"description": "x"}, headers=auth("admin")),
                 client.post("/v1/runs/c/checkpoints", json={"epoch": 1, **POINT}),
-            )
-            # a start in a study not seen yet beside a checkpoint: a transaction
-            out += await asyncio.gather(
                 client.put("/v1/runs/d", json={**spec, "study_id": "new"}),
-                client.post("/v1/runs/b/checkpoints", json={"epoch": 2, **POINT}),
             )
-            out.append(await client.post("/v1/runs/d/checkpoints", json={"epoch": 1, **POINT}))
             return out
 
     responses = asyncio.run(scenario())
     codes = [r.status_code for r in responses]
-    assert codes == [201, 201, 200, 201, 200, 200, 201, 200, 201, 200, 200], codes
-    assert seen == [
-        ("one statement", frozenset({"a"}), True),
-        ("one statement", frozenset({"b"}), True),
-        ("several", frozenset({"c"}), False),
-        ("several", frozenset({"b"}), False),
-        ("one statement", frozenset({"d"}), True),
-    ]
-    engine = create_engine(postgres_server_url)
+    assert codes == [201, 201, 200, 201, 200, 200, 201, 200, 201], codes
+    assert len(seen) == 2, seen
+    assert seen[0][0] == {"c"} and len(seen[0][1]) == 1 and seen[0][2] == {"b"}
+    assert seen[1][0] == {"d"} and seen[1][2] == {"c"}
+    engine = create_engine(database_url)
     with engine.connect() as conn:
         stored = set(conn.execute(select(Run.run_id, Run.last_epoch, Run.status)))
-        assert conn.scalar(select(func.count()).select_from(Checkpoint)) == 5
+        assert conn.scalar(select(func.count()).select_from(Checkpoint)) == 3
     engine.dispose()
     assert stored == {
         ("a", 1, "stopped"),
-        ("b", 2, "running"),
+        ("b", 1, "running"),
         ("c", 1, "running"),
-        ("d", 1, "running"),
+        ("d", None, "running"),
     }
 
 

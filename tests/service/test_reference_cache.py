@@ -22,7 +22,7 @@ def _complete(conn: Connection, study_pk: int, run_ids: list[str]) -> None:
     """Runs that reach max_epochs (2) and complete: each joins the reference set."""
     states = store.insert_new_runs(conn, [(r, study_pk, RunSpec("s", 2)) for r in run_ids])
     for epoch in (1, 2):
-        row = {name: None for name in store._CHECKPOINT_FIELDS} | {
+        row = {name: None for name in store.CHECKPOINT_FIELDS} | {
             "epoch": epoch,
             "progress": epoch / 2,
             "mqe": 1.0 / epoch,

@@ -1,17 +1,16 @@
-"""The writer's batched statements (store.insert_new_runs, advance_runs, store_checkpoints,
-finish_runs) on each backend: what they store, and that each is a compare-and-swap that refuses
-stale views."""
+"""The writer's batch (store.write_batch, and its parts alone: insert_new_runs, finish_runs,
+store_checkpoints) on each backend: what it stores, and that a run whose view went stale is
+left out, checked under the run's row lock."""
 
 from __future__ import annotations
 
-import json
+import threading
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import Connection, create_engine, func, select
+from sqlalchemy import Connection, Engine, create_engine, func, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from core import store
@@ -20,7 +19,7 @@ from core.errors import StorageUnavailable
 from core.reference import history_array
 from core.store import Metrics, RunSpec, RunState
 from core.tables import Checkpoint, Run, Study, utcnow
-from service.state import storage_errors
+from service.storage import storage_errors
 
 
 @pytest.fixture
@@ -29,6 +28,15 @@ def conn(database_url: str) -> Iterator[Connection]:
     with engine.begin() as connection:
         yield connection
     engine.dispose()
+
+
+def _advance(conn: Connection, moves: list[tuple[RunState, int]]) -> set[int]:
+    """Each run's next checkpoint at `epoch`, and its state told so: a scene's history."""
+    stored = store.store_checkpoints(conn, [(state, _row(epoch)) for state, epoch in moves])
+    for state, epoch in moves:
+        if state.pk in stored:
+            state.last_epoch = epoch
+    return stored
 
 
 def _runs(conn: Connection) -> dict[str, Run]:
@@ -55,24 +63,8 @@ def test_new_runs_are_inserted_once_and_taken_ids_left_out(conn: Connection) -> 
     assert _runs(conn)["a"].max_epochs == 10
 
 
-def test_advance_moves_only_runs_whose_view_is_current(conn: Connection) -> None:
-    study = store.study_pk_of(conn, "s")
-    states = store.insert_new_runs(conn, [(r, study, RunSpec("s", 10)) for r in ("a", "b", "c")])
-    a, b, c = states["a"], states["b"], states["c"]
-    assert store.advance_runs(conn, [(a, 0), (b, 3)]) == {a.pk, b.pk}
-    stale = RunState(**{**vars(c), "last_epoch": 4, "history": []})  # c has no checkpoint yet
-    a.last_epoch = 0
-    b_stale = RunState(**{**vars(b), "history": []})  # still thinks b is at None
-    assert store.advance_runs(conn, [(a, 2), (stale, 5), (b_stale, 4)]) == {a.pk}
-    rows = _runs(conn)
-    assert (rows["a"].last_epoch, rows["a"].n_checkpoints) == (2, 2)
-    assert (rows["b"].last_epoch, rows["b"].n_checkpoints) == (3, 1)
-    assert (rows["c"].last_epoch, rows["c"].n_checkpoints) == (None, 0)
-    assert store.advance_runs(conn, []) == set()
-
-
 def _row(epoch: int, action: str = "continue", **extra: object) -> dict[str, object]:
-    row: dict[str, object] = {name: None for name in store._CHECKPOINT_FIELDS}
+    row: dict[str, object] = {name: None for name in store.CHECKPOINT_FIELDS}
     return row | {
         "epoch": epoch,
         "progress": epoch / 10,
@@ -140,23 +132,11 @@ def test_a_checkpoint_value_the_column_refuses_fails_the_statement(conn: Connect
         store.store_checkpoints(conn, [(run, _row(0, action="continue-and-more"))])
 
 
-def test_a_non_finite_number_is_never_stored_as_one(conn: Connection) -> None:
-    # The service stores a diverged metric as None before it gets here; this is the floor.
-    # Both backends store it as NULL ("not a number"): SQLite a NaN REAL, Postgres's JSON rows
-    # (orjson writes NaN as null).
-    study = store.study_pk_of(conn, "s")
-    run = store.insert_new_runs(conn, [("a", study, RunSpec("s", 10))])["a"]
-    assert store.store_checkpoints(conn, [(run, _row(0, mqe=float("nan")))]) == {run.pk}
-    assert conn.execute(select(Checkpoint.__table__.c.mqe)).scalar_one() is None
-
-
 def test_finish_ends_running_runs_and_numbers_the_completed_ones(conn: Connection) -> None:
     study = store.study_pk_of(conn, "s")
     states = store.insert_new_runs(conn, [(r, study, RunSpec("s", 2)) for r in "abcd"])
     moves = [(states[r], e) for r, e in zip("abcd", (2, 2, 1, 2), strict=True)]
-    assert len(store.advance_runs(conn, moves)) == 4
-    for state, epoch in moves:
-        state.last_epoch = epoch
+    assert len(_advance(conn, moves)) == 4
     stale = RunState(**{**vars(states["d"]), "last_epoch": 1, "history": []})
     now = utcnow()
     ended = store.finish_runs(
@@ -218,35 +198,9 @@ def test_a_cached_run_extends_its_history_array_one_row_at_a_time() -> None:
     assert state.last_epoch == 10
 
 
-def test_the_drivers_insert_stores_what_sqlalchemys_stores(conn: Connection) -> None:
-    """insert_checkpoint_rows binds its values itself (SQLite): every column reads back as
-    the same row SQLAlchemy's own INSERT of the same values stores."""
-    study = store.study_pk_of(conn, "s")
-    states = store.insert_new_runs(conn, [(r, study, RunSpec("s", 10)) for r in "ab"])
-    forecast = {"predicted_score": 0.125, "score_high": 1e31, "model_version": "m1", "wall_s": 2}
-    row = _row(3, "stop", **forecast)
-    store.insert_checkpoint_rows(conn, [row | {"run_pk": states["a"].pk}])
-    conn.execute(Checkpoint.__table__.insert(), [row | {"run_pk": states["b"].pk}])
-    stored = {
-        r.run_pk: r._asdict()
-        for r in conn.execute(select(Checkpoint.__table__))  # type: ignore[misc]
-    }
-    ours, theirs = stored[states["a"].pk], stored[states["b"].pk]
-    assert {**ours, "run_pk": None} == {**theirs, "run_pk": None}
-    assert ours["received_at"] == row["received_at"] and ours["received_at"].tzinfo is not None
-    # As stored, before any result processing: the same text for the timestamp, the same
-    # storage class for each number (an int wall_s is stored as a REAL by both).
-    raw = conn.exec_driver_sql("SELECT * FROM checkpoints ORDER BY run_pk").all()
-    assert [tuple(r)[1:] for r in raw] == [tuple(raw[1])[1:]] * 2
-    if conn.dialect.name == "sqlite":
-        types = "SELECT typeof(wall_s), typeof(received_at) FROM checkpoints"
-        assert conn.exec_driver_sql(types).all() == [("real", "text")] * 2
-
-
-def test_a_driver_level_failure_surfaces_as_sqlalchemys_exception(sqlite_url: str) -> None:
-    """SQLite's batch statements run on the driver's connection (db.driver_execute); its
-    errors must still arrive wrapped as SQLAlchemy wraps them, which is what storage_errors
-    turns into a 503 and what rolls the batch back. Here the database is read-only."""
+def test_a_failed_write_surfaces_as_storage_unavailable(sqlite_url: str) -> None:
+    """A batch that the database refuses (here: read-only) raises SQLAlchemy's own exception,
+    which storage_errors turns into a 503 and which rolls the batch back."""
     engine = create_engine(normalize_url(sqlite_url))
     with engine.begin() as connection:
         study = store.study_pk_of(connection, "s")
@@ -254,11 +208,56 @@ def test_a_driver_level_failure_surfaces_as_sqlalchemys_exception(sqlite_url: st
     with engine.connect() as connection:
         connection.exec_driver_sql("PRAGMA query_only=ON")
         with pytest.raises(OperationalError) as caught:
-            store.advance_runs(connection, [(state, 1)])
+            store.store_checkpoints(connection, [(state, _row(1))])
         assert "readonly" in str(caught.value.orig) or "read-only" in str(caught.value.orig)
         with pytest.raises(StorageUnavailable), storage_errors():
-            store.insert_checkpoint_rows(connection, [_row(1) | {"run_pk": state.pk}])
+            store.store_checkpoints(connection, [(state, _row(1))])
     engine.dispose()
+
+
+def test_a_batch_waits_for_another_writer_of_its_runs_and_then_sees_its_view_is_stale(
+    database_url: str,
+) -> None:
+    """Two writers (two replicas) with the same view of a run: the second's batch waits for
+    the first's lock on the run, then finds it moved on and leaves it out (no lost update)."""
+    engine = create_engine(normalize_url(database_url))
+    writer = _writer_engine(database_url)
+    try:
+        with writer.begin() as conn:
+            study = store.study_pk_of(conn, "s")
+            state = store.insert_new_runs(conn, [("a", study, RunSpec("s", 10))])["a"]
+        mine, theirs = RunState(**vars(state)), RunState(**vars(state))
+        outcome: dict[str, set[int]] = {}
+        first = writer.connect()
+        first.begin()
+        assert store.store_checkpoints(first, [(mine, _row(1))]) == {state.pk}
+
+        def second_writer() -> None:
+            with writer.begin() as conn:
+                outcome["stored"] = store.store_checkpoints(conn, [(theirs, _row(2))])
+
+        second = threading.Thread(target=second_writer)
+        second.start()
+        second.join(timeout=1.0)
+        assert second.is_alive()  # waiting for the first writer's lock
+        first.commit()
+        first.close()
+        second.join(timeout=30)
+        assert outcome == {"stored": set()}  # its view (no checkpoint yet) went stale
+        with engine.connect() as conn:
+            row = conn.execute(select(Run.last_epoch, Run.n_checkpoints)).one()
+            assert tuple(row) == (1, 1)
+            assert conn.scalar(select(func.count()).select_from(Checkpoint)) == 1
+    finally:
+        writer.dispose()
+        engine.dispose()
+
+
+def _writer_engine(url: str) -> Engine:
+    """A writer's engine as the service makes it (SQLite: BEGIN IMMEDIATE)."""
+    from core.db import make_engine
+
+    return make_engine(url)
 
 
 def _batch_scene(conn: Connection, prefix: str) -> dict[str, RunState]:
@@ -269,9 +268,7 @@ def _batch_scene(conn: Connection, prefix: str) -> dict[str, RunState]:
         conn, [(f"{prefix}-{r}", study, RunSpec(prefix, 2)) for r in "abcde"]
     )
     moves = [(states[f"{prefix}-{r}"], e) for r, e in zip("abc", (2, 2, 1), strict=True)]
-    assert len(store.advance_runs(conn, moves)) == 3
-    for state, epoch in moves:
-        state.last_epoch = epoch
+    assert len(_advance(conn, moves)) == 3
     return {run_id.split("-", 1)[1]: state for run_id, state in states.items()}
 
 
@@ -322,11 +319,9 @@ def _scene_rows(conn: Connection, prefix: str) -> dict[str, Any]:
 
 
 def test_write_batch_stores_what_the_three_statements_store(conn: Connection) -> None:
-    """store.write_batch (Postgres: one statement) against insert_new_runs, finish_runs and
-    store_checkpoints run one after another, on the same scene: the same rows, the same keys
-    reported, and runs that complete at max_epochs numbered in batch order."""
-    if conn.dialect.name != "postgresql":
-        pytest.skip("write_batch is Postgres's")
+    """store.write_batch against its parts (insert_new_runs, finish_runs, store_checkpoints)
+    run one after another, on the same scene: the same rows, the same keys reported, and runs
+    that complete at max_epochs numbered in batch order, with no number left unused."""
     now = utcnow()
     one = _batch_scene(conn, "one")
     starts, ends, checkpoints = _batch("one", one, one["a"].study_pk)
@@ -351,26 +346,21 @@ def test_write_batch_stores_what_the_three_statements_store(conn: Connection) ->
     assert stored == {one["d"].pk} and written.stored == {two["d"].pk}
     assert _scene_rows(conn, "one") == _scene_rows(conn, "two")
     seqs = dict(conn.execute(select(Run.run_id, Run.reference_seq)).all())
-    # In batch order, a, c, b; c was numbered before its compare-and-swap failed, and its
-    # number is nobody's: a gap, which readers of the reference set step over.
-    assert [seqs[f"two-{r}"] for r in "abc"] == [1, 3, None]
+    # In batch order, a, c, b; c's view is stale: it is left out, and numbered not at all.
+    assert [seqs[f"two-{r}"] for r in "abc"] == [1, 2, None]
     assert [seqs[f"one-{r}"] for r in "abc"] == [1, 2, None]
     counts = dict(conn.execute(select(Study.study_id, Study.reference_runs)).all())
-    assert counts == {"one": 2, "two": 3}
+    assert counts == {"one": 2, "two": 2}
 
 
 def test_write_batch_with_nothing_to_write_writes_nothing(conn: Connection) -> None:
-    if conn.dialect.name != "postgresql":
-        with pytest.raises(ValueError, match="Postgres"):
-            store.write_batch(conn, [], [], [], utcnow())
-        return
     written = store.write_batch(conn, [], [], [], utcnow())
     assert written == store.BatchWritten({}, set(), set())
 
 
 def test_new_runs_read_back_as_sqlalchemy_reads_them(conn: Connection) -> None:
-    """insert_new_runs's states (on SQLite, read on the driver's connection with the columns'
-    own processing) equal what SQLAlchemy reads of the same rows."""
+    """insert_new_runs's states (read back by its RETURNING) equal what a later read of the
+    same rows gives."""
     study = store.study_pk_of(conn, "s")
     spec = RunSpec("s", 12, {"sigma": 1.5, "nested": {"a": [1, 2.5, None]}, "é": "ü"}, "iris")
     made = store.insert_new_runs(conn, [("a", study, spec), ("b", study, RunSpec("s", 3))])
@@ -381,26 +371,9 @@ def test_new_runs_read_back_as_sqlalchemy_reads_them(conn: Connection) -> None:
     assert made["a"].config == spec.config and made["b"].config is None
 
 
-def test_json_rows_match_what_json_writes_and_fall_back_for_what_orjson_refuses() -> None:
-    """The Postgres writer's rows go out through orjson; what it cannot write (an integer
-    beyond 64 bits, which a run's free-form config may hold) goes through json."""
-    now = utcnow()
-    rows: list[dict[str, Any]] = [
-        {"pk": 1, "mqe": 0.1 + 0.2, "te": None, "reason": 'ünï "q"', "at": now},
-        {"pk": 2, "mqe": np.float64(1e-300), "config": {"a": [1, 2.5, True]}, "at": now},
-    ]
-    written = json.loads(store._json_rows(rows))
-    assert written == json.loads(json.dumps(rows, default=store._json_value))
-    assert datetime.fromisoformat(written[0]["at"]) == now
-    huge = [{"pk": 3, "config": {"seed": 10**30}}]
-    assert json.loads(store._json_rows(huge)) == huge
-
-
 def test_write_batch_starts_a_run_whose_config_holds_an_integer_beyond_64_bits(
     conn: Connection,
 ) -> None:
-    if conn.dialect.name != "postgresql":
-        pytest.skip("write_batch is Postgres's")
     study = store.study_pk_of(conn, "s")
     spec = RunSpec("s", 5, {"seed": 10**30}, None)
     written = store.write_batch(conn, [("huge", study, spec)], [], [], utcnow())

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gzip
 import io
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 COMPRESSED = ".gz"
 
@@ -26,7 +26,7 @@ def is_compressed(path: Path) -> bool:
 def open_binary(path: Path) -> IO[bytes]:
     """The file's (uncompressed) bytes."""
     if is_compressed(path):
-        return gzip.open(path, "rb")
+        return cast(IO[bytes], gzip.open(path, "rb"))  # a GzipFile reads as any binary file
     return path.open("rb")
 
 

@@ -25,6 +25,7 @@ from core.features import (
     SUPPORTED_FEATURE_SCHEMAS,
     encode_context,
     encode_history,
+    n_context,
     n_inputs,
     with_context,
 )
@@ -103,7 +104,9 @@ def row(
     """One architecture's line, under the feature schema the service serves (by default)."""
     context = encode_context(CONFIG, MAX_EPOCHS)
     rows = encode_history(history)
-    x = (with_context(rows, context) if schema >= 2 else rows)[None].astype(np.float32)
+    x = (with_context(rows, context, n_context(schema)) if schema >= 2 else rows)[None].astype(
+        np.float32
+    )
     spec = models.architecture(name, N_TARGETS * len(levels), 0.2, n_inputs=n_inputs(schema))
     model = models.build(spec, seed=1)
     manifest = {

@@ -6,6 +6,7 @@ the current values), so data sets whose MQE differs by 10x train one model. NumP
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -16,9 +17,10 @@ import numpy as np
 # computes: a bundle trained on a version not listed in SUPPORTED_FEATURE_SCHEMAS is refused at
 # load, so serving never feeds a model features it never saw.
 #   1: the history's rows alone (N_FEATURES columns);
-#   2: every row followed by the run's context (N_CONTEXT columns: its configuration).
-FEATURE_SCHEMA_VERSION = 2
-SUPPORTED_FEATURE_SCHEMAS = (1, 2)
+#   2: every row followed by the run's context: MiniSom's configuration (N_CONTEXT_V2 columns);
+#   3: schema 2's columns, then any trainer's configuration, hashed (HASHED_BUCKETS columns).
+FEATURE_SCHEMA_VERSION = 3
+SUPPORTED_FEATURE_SCHEMAS = (1, 2, 3)
 
 FEATURES = (
     "progress",
@@ -46,7 +48,7 @@ CONTEXT_CHOICES: dict[str, tuple[str, ...]] = {
     "sigma_decay_function": ("asymptotic_decay", "inverse_decay_to_one", "linear_decay_to_one"),
     "init": ("random", "pca"),
 }
-CONTEXT = (
+CONTEXT_V2 = (
     "log_max_epochs",
     "config_known",
     "log_map_size",
@@ -56,6 +58,16 @@ CONTEXT = (
     "log_learning_rate",
     *(f"{key}={value}" for key, values in CONTEXT_CHOICES.items() for value in values),
 )
+N_CONTEXT_V2 = len(CONTEXT_V2)
+# Schema 3: a configuration of any SOM library (susi's `n_rows`, somoclu's `radius0`, ...) in a
+# fixed number of columns by feature hashing, so a model retrained on a study's own runs can
+# learn what its trainer's settings do; the named columns above know MiniSom's alone. A text
+# value adds +-1 to the bucket of "key=value"; a number adds its log10 to the bucket of its key.
+# Seeds are left out: they say nothing about how a map ends and would only be noise.
+HASHED_BUCKETS = 32
+HASHED_MAX_KEYS = 64  # a config of more keys is read up to this many (sorted), bounded cost
+_SEED_KEYS = ("seed", "random_state")
+CONTEXT = (*CONTEXT_V2, *(f"hashed_{i}" for i in range(HASHED_BUCKETS)))
 N_CONTEXT = len(CONTEXT)
 
 # Below this MQE a log ratio is meaningless (a perfect fit); clipping keeps it finite.
@@ -180,9 +192,16 @@ def _encode_last_one(history: np.ndarray) -> tuple[np.ndarray, np.ndarray] | Non
     return np.array([row]), np.array([[mqe, te, dead]])
 
 
+def n_context(schema: int) -> int:
+    """How many of `encode_context`'s columns a model of this feature schema reads."""
+    if schema >= 3:
+        return N_CONTEXT
+    return N_CONTEXT_V2 if schema == 2 else 0
+
+
 def n_inputs(schema: int) -> int:
     """The width of a model input row under a feature schema version."""
-    return N_FEATURES + (N_CONTEXT if schema >= 2 else 0)
+    return N_FEATURES + n_context(schema)
 
 
 def _positive(config: Mapping[str, Any], key: str) -> float | None:
@@ -221,7 +240,42 @@ def encode_context(config: Mapping[str, Any] | None, max_epochs: int) -> np.ndar
         if isinstance(value, str) and value in values:
             out[column + values.index(value)] = 1.0
         column += len(values)
+    _hash_config(config, out[N_CONTEXT_V2:])
     return out
+
+
+def _bucket(text: str) -> tuple[int, float]:
+    """A stable bucket and sign for `text` (Python's hash() changes with every process)."""
+    digest = hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=8).digest()
+    number = int.from_bytes(digest, "big")
+    return number % HASHED_BUCKETS, 1.0 if (number >> 63) & 1 else -1.0
+
+
+def _hash_config(config: Mapping[str, Any], out: np.ndarray) -> None:
+    """Add a configuration's settings into `out` (HASHED_BUCKETS,): see HASHED_BUCKETS."""
+    items = sorted((str(k), v) for k, v in config.items())[:HASHED_MAX_KEYS]
+    for key, value in items:
+        if any(part in key.lower() for part in _SEED_KEYS) or key == "max_epochs":
+            continue  # max_epochs has its own column
+        if isinstance(value, bool | str):
+            bucket, sign = _bucket(f"{key}={str(value).lower()}"[:256])
+            out[bucket] += sign
+        elif isinstance(value, int | float):
+            number = _finite_float(value)
+            if number is None:
+                continue
+            bucket, sign = _bucket(key[:256])
+            magnitude = math.log10(abs(number)) if number != 0 else -LOG_RATIO_LIMIT
+            out[bucket] += sign * _limit(magnitude)
+    np.clip(out, -LOG_RATIO_LIMIT, LOG_RATIO_LIMIT, out=out)
+
+
+def _finite_float(value: int | float) -> float | None:
+    try:
+        number = float(value)
+    except OverflowError:  # a JSON integer beyond any float
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _limit(value: float) -> float:
@@ -230,16 +284,19 @@ def _limit(value: float) -> float:
     return min(max(value, -LOG_RATIO_LIMIT), LOG_RATIO_LIMIT)
 
 
-def with_context(rows: np.ndarray, context: np.ndarray | None) -> np.ndarray:
-    """Input rows (n, N_FEATURES) -> (n, N_FEATURES + N_CONTEXT), the context on every row.
+def with_context(
+    rows: np.ndarray, context: np.ndarray | None, width: int = N_CONTEXT
+) -> np.ndarray:
+    """Input rows (n, N_FEATURES) -> (n, N_FEATURES + width): the first `width` columns of the
+    context on every row (`n_context` of the model's feature schema).
 
     None: nothing is known of the run, all zeros. A caller that knows the run's length passes
     `encode_context(None, max_epochs)` instead, as the service does and as training hides a
     config."""
-    out = np.zeros((rows.shape[0], N_FEATURES + N_CONTEXT), dtype=np.float64)
+    out = np.zeros((rows.shape[0], N_FEATURES + width), dtype=np.float64)
     out[:, :N_FEATURES] = rows
     if context is not None:
-        out[:, N_FEATURES:] = context
+        out[:, N_FEATURES:] = context[:width]
     return out
 
 

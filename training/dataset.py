@@ -26,6 +26,7 @@ from core.features import (
     encode_context,
     encode_history,
     encode_targets,
+    n_context,
     n_inputs,
     with_context,
 )
@@ -309,7 +310,7 @@ def step_arrays(runs: Sequence[RunRecord], max_steps: int, inputs: Inputs = Inpu
         rows = encode_history(history)
         if inputs.schema >= 2:
             context = encode_context(None, run.max_epochs) if hidden[i] else run.context
-            rows = with_context(rows, context)
+            rows = with_context(rows, context, n_context(inputs.schema))
         x[i, :n] = rows
         y[i, :n] = encode_targets(history, run.final)
         weight[i, :n] = 1.0

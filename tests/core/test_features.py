@@ -11,8 +11,10 @@ from hypothesis.extra.numpy import arrays
 from core.features import (
     CONTEXT,
     CONTEXT_CHOICES,
+    HASHED_BUCKETS,
     LOG_RATIO_LIMIT,
     N_CONTEXT,
+    N_CONTEXT_V2,
     N_FEATURES,
     N_TARGETS,
     current_metrics,
@@ -21,6 +23,7 @@ from core.features import (
     encode_history,
     encode_last,
     encode_targets,
+    n_context,
     n_inputs,
     with_context,
 )
@@ -193,18 +196,51 @@ def test_a_minisom_config_sets_its_numbers_and_one_choice_per_parameter() -> Non
     assert sum(context[name] for name in CONTEXT if "=" in name) == len(CONTEXT_CHOICES)
 
 
-def test_what_is_missing_or_unknown_encodes_as_zeros() -> None:
+def test_what_is_missing_or_unknown_encodes_as_zeros_in_the_named_columns() -> None:
     unknown = encode_context(None, 50)
     assert unknown[0] == pytest.approx(np.log10(50) / 3)  # the run's length is always known
     assert not unknown[1:].any()
-    assert not encode_context({"x": "14", "y": 15, "sigma": 1, "learning_rate": 0.1}, 50)[1:].any()
-    assert not encode_context({"x": True, "y": 15, "sigma": 1, "learning_rate": 0.1}, 50)[1:].any()
-    assert not encode_context({"x": -1, "y": 15, "sigma": 1, "learning_rate": 0.1}, 50)[1:].any()
+    named = slice(1, N_CONTEXT_V2)
+    assert not encode_context({"x": "14", "y": 15, "sigma": 1, "learning_rate": 0.1}, 50)[
+        named
+    ].any()
+    assert not encode_context({"x": True, "y": 15, "sigma": 1, "learning_rate": 0.1}, 50)[
+        named
+    ].any()
+    assert not encode_context({"x": -1, "y": 15, "sigma": 1, "learning_rate": 0.1}, 50)[named].any()
     odd = encode_context({"topology": "toroidal", "init": "PCA", "decay_function": 3}, 50)
-    assert not odd[1:].any()
+    assert not odd[named].any()
     # JSON integers have no bound: one beyond any float is not a number the model can read.
     huge = {"x": 10**400, "y": 15, "sigma": 1, "learning_rate": 0.1}
-    assert not encode_context(huge, 50)[1:].any()
+    assert not encode_context(huge, 50)[named].any()
+    assert not encode_context({"x": 10**400}, 50)[N_CONTEXT_V2:].any()
+
+
+SUSI_CONFIG = {
+    "n_rows": 24,
+    "n_columns": 18,
+    "init_mode_unsupervised": "pca",
+    "train_mode_unsupervised": "online",
+    "learning_rate_start": 0.027,
+    "nbh_dist_weight_mode": "pseudo-gaussian",
+    "random_state": 782785299,
+}
+
+
+def test_any_trainers_config_is_hashed_into_the_schema_3_columns() -> None:
+    context = encode_context(SUSI_CONFIG, 100)
+    named, hashed = context[1:N_CONTEXT_V2], context[N_CONTEXT_V2:]
+    assert not named.any()  # MiniSom's names: none of them
+    assert hashed.shape == (HASHED_BUCKETS,) and hashed.any()
+    np.testing.assert_array_equal(encode_context(dict(SUSI_CONFIG), 100), context)  # stable
+    # a seed says nothing of how a map ends: another one encodes the same
+    reseeded = encode_context({**SUSI_CONFIG, "random_state": 1}, 100)
+    np.testing.assert_array_equal(reseeded, context)
+    # another choice, another number: other columns
+    batch = encode_context({**SUSI_CONFIG, "train_mode_unsupervised": "batch"}, 100)
+    faster = encode_context({**SUSI_CONFIG, "learning_rate_start": 0.5}, 100)
+    assert not np.array_equal(batch, context) and not np.array_equal(faster, context)
+    assert n_context(3) == N_CONTEXT and n_context(2) == N_CONTEXT_V2 and n_context(1) == 0
 
 
 def test_rows_carry_the_context_after_the_history_features() -> None:
@@ -212,7 +248,11 @@ def test_rows_carry_the_context_after_the_history_features() -> None:
     rows = encode_history(history)
     context = encode_context(MINISOM_CONFIG, 20)
     wide = with_context(rows, context)
-    assert wide.shape == (2, n_inputs(2)) and n_inputs(1) == N_FEATURES
+    assert wide.shape == (2, n_inputs(3)) and n_inputs(1) == N_FEATURES
     np.testing.assert_array_equal(wide[:, :N_FEATURES], rows)
     np.testing.assert_array_equal(wide[:, N_FEATURES:], np.tile(context, (2, 1)))
     assert not with_context(rows, None)[:, N_FEATURES:].any()
+    # a schema 2 model reads the named columns alone
+    narrow = with_context(rows, context, n_context(2))
+    assert narrow.shape == (2, n_inputs(2))
+    np.testing.assert_array_equal(narrow[:, N_FEATURES:], np.tile(context[:N_CONTEXT_V2], (2, 1)))

@@ -150,8 +150,13 @@ class Thresholds:
     """What a study's policy compares with: per grid point, and for the final score."""
 
     at_progress: np.ndarray  # (GRID_POINTS,)
+    # The percentile of the study's final scores, stopped runs counted as worse than any
+    # (they are censored: their final is unknown, and they were stopped as bad). Counting only
+    # the runs that were let finish would make the threshold a survivor's, lower with every
+    # stop, until the good runs themselves are stopped.
     final: float
     n_runs: int
+    n_censored: int = 0
 
     def at(self, progress: float) -> float:
         return float(np.interp(progress, GRID, self.at_progress))
@@ -186,6 +191,8 @@ class ReferenceSet:
         )
         self._thresholds: dict[StudyPolicy, Thresholds] = {}
         self._sorted: dict[Weights, SortedScores] = {}
+        # Runs of the study that were stopped (their finals unknown): see Thresholds.final.
+        self.censored = 0
 
     @property
     def n_runs(self) -> int:
@@ -222,21 +229,28 @@ class ReferenceSet:
 
     def thresholds(self, policy: StudyPolicy) -> Thresholds:
         runs = self._runs  # one snapshot: another thread may extend the set meanwhile
+        censored = self.censored
         cached = self._thresholds.get(policy)
-        if cached is not None and cached.n_runs == runs.n:
+        if cached is not None and cached.n_runs == runs.n and cached.n_censored == censored:
             return cached
         if policy.threshold.mode == "absolute":
             value = policy.threshold.value
-            result = Thresholds(np.full(GRID_POINTS, value), value, runs.n)
+            result = Thresholds(np.full(GRID_POINTS, value), value, runs.n, censored)
         elif runs.n == 0:
-            result = Thresholds(np.full(GRID_POINTS, np.inf), float("inf"), 0)
+            result = Thresholds(np.full(GRID_POINTS, np.inf), float("inf"), 0, censored)
         else:
             q = policy.threshold.value
             finals = np.sort(ranked(policy.weights.scores(runs.finals[: runs.n])))
+            if censored:
+                finals = np.concatenate([finals, np.full(censored, WORST)])
+            final = float(percentile_of_sorted(finals, q))
+            if final >= WORST * 1e-3:  # it reaches into the runs ranked last: not a score
+                final = math.inf
             result = Thresholds(
                 self._sorted_grid_scores(runs, policy.weights).percentile(q),
-                float(percentile_of_sorted(finals, q)),
+                final,
                 runs.n,
+                censored,
             )
         self._thresholds[policy] = result
         return result

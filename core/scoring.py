@@ -88,6 +88,10 @@ class StudyPolicy(BaseModel):
     confidence: Annotated[float, Field(gt=0.5, le=1, allow_inf_nan=False)] = 0.9
     # Finished runs needed before runs are compared with them (Optuna's n_startup_trials).
     min_finished_runs: Annotated[int, Field(ge=1, le=100_000)] = 5
+    # The share of the study's runs (chosen by run id, core.calibration.is_exploration) that
+    # nothing stops on its metrics: their finals are the unbiased evidence the model's
+    # calibration, its gate and its training rest on. 0 turns exploration off.
+    exploration: Annotated[float, Field(ge=0, le=0.5, allow_inf_nan=False)] = 0.1
     # Who decides once past warm-up: the model when one is active, else the median rule
     # ("auto"); or always the median rule; or never stop (to collect unbiased data).
     decider: Literal["auto", "median", "never"] = "auto"

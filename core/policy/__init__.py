@@ -3,6 +3,7 @@
 import functools
 
 from core.policy.base import Policy, Prediction, Predictor, Situation, Verdict, decide
+from core.policy.explore import ExplorePolicy
 from core.policy.guard import GuardPolicy
 from core.policy.median import MedianPolicy
 from core.policy.never import NeverStopPolicy
@@ -10,6 +11,7 @@ from core.policy.oracle import OraclePolicy
 from core.policy.warmup import WarmupPolicy
 
 __all__ = [
+    "ExplorePolicy",
     "GuardPolicy",
     "MedianPolicy",
     "NeverStopPolicy",
@@ -28,7 +30,7 @@ __all__ = [
 @functools.cache  # the policies hold no state: one chain per setting, not one per checkpoint
 def chain_for(decider: str) -> tuple[Policy, ...]:
     """The policies of a study's `decider` setting, in the order they are asked."""
-    head: tuple[Policy, ...] = (GuardPolicy(), WarmupPolicy())
+    head: tuple[Policy, ...] = (GuardPolicy(), WarmupPolicy(), ExplorePolicy())
     if decider == "never":
         return (GuardPolicy(), NeverStopPolicy())
     if decider == "median":

@@ -12,6 +12,7 @@ from typing import ClassVar, Literal, Protocol
 
 import numpy as np
 
+from core.calibration import Margins
 from core.reference import Thresholds
 from core.scoring import StudyPolicy
 
@@ -27,6 +28,15 @@ class Prediction:
     # Quantile levels → predicted final score at that level (e.g. {0.1: .., 0.5: .., 0.9: ..}).
     score_quantiles: dict[float, float]
     model_version: str
+    # How unlike the model's training inputs this run's current inputs are (RMS z-score), and
+    # the distance below which the model's training data held 99% of its inputs; None when the
+    # model did not record them.
+    ood: float | None = None
+    ood_limit: float | None = None
+
+    @property
+    def in_distribution(self) -> bool:
+        return self.ood is not None and self.ood_limit is not None and self.ood <= self.ood_limit
 
     @cached_property
     def _points(self) -> list[tuple[float, float]]:
@@ -75,6 +85,11 @@ class Situation:
     forecast: Prediction | None = None
     # The run's configuration and length as the model reads them (features.encode_context).
     context: np.ndarray | None = None
+    # What the study's model stops may rest on (core.calibration); None: nothing measured.
+    margins: Margins | None = None
+    # One of the study's exploration runs (calibration.is_exploration): never stopped on its
+    # metrics, so that its final is an unbiased sample for calibration, the gate and training.
+    exploration: bool = False
 
     @property
     def progress(self) -> float:
@@ -91,6 +106,8 @@ class Situation:
             predictor=self.predictor,
             forecast=forecast,
             context=self.context,
+            margins=self.margins,
+            exploration=self.exploration,
         )
 
     def scores(self) -> np.ndarray:

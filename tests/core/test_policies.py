@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.calibration import Margin, Margins
 from core.features import encode_context
 from core.policy import (
     GuardPolicy,
@@ -114,30 +115,109 @@ def test_policy_median_is_pure() -> None:
 class FixedPredictor:
     version = "test-1"
 
-    def __init__(self, quantiles: dict[float, float]) -> None:
+    def __init__(self, quantiles: dict[float, float], ood: float | None = None) -> None:
         self.quantiles = quantiles
+        self.ood = ood
 
     def predict(self, history: np.ndarray, weights: object, context: object = None) -> Prediction:
-        return Prediction((1.0, 0.2, 0.1), self.quantiles[0.5], self.quantiles, self.version)
+        q = self.quantiles
+        return Prediction((1.0, 0.2, 0.1), q[0.5], q, self.version, self.ood, 1.0)
+
+
+SURE_BAD = {0.1: 2.0, 0.5: 2.5, 0.9: 3.0}  # z = (2.5 - 1.65) / (3.0 - 2.0) = 0.85
+STUDY = Margins(study=Margin(0.5, 12, "study"), own_good=12, needed=9)
+POOLED = Margins(deployment=Margin(0.5, 30, "deployment"), own_good=2, needed=9)
+MODEL = Margins(model=Margin(0.5, 40, "model"), own_good=2, needed=9)
+
+# (case, forecast, ood distance, margins, exploration, expected (action, policy))
+ORACLE_CASES = [
+    ("calibrated on the study: beyond its margin", SURE_BAD, None, STUDY, False, "stop/oracle"),
+    (
+        "within the margin",
+        SURE_BAD,
+        None,
+        Margins(study=Margin(1.0, 12, "study")),
+        False,
+        "continue/oracle",
+    ),
+    (
+        "predicted better than the threshold",
+        {0.1: 0.5, 0.5: 0.8, 0.9: 1.0},
+        None,
+        STUDY,
+        False,
+        "continue/oracle",
+    ),
+    ("pooled over the deployment's studies", SURE_BAD, None, POOLED, False, "stop/oracle"),
+    ("no evidence: the model does not stop", SURE_BAD, None, Margins(), False, "continue/warmup"),
+    (
+        "the model's own calibration, inputs like its training",
+        SURE_BAD,
+        0.5,
+        MODEL,
+        False,
+        "stop/oracle",
+    ),
+    (
+        "the model's own calibration, inputs unlike its training",
+        SURE_BAD,
+        3.0,
+        MODEL,
+        False,
+        "continue/warmup",
+    ),
+    (
+        "the model's own calibration, distance unknown",
+        SURE_BAD,
+        None,
+        MODEL,
+        False,
+        "continue/warmup",
+    ),
+    ("an exploration run is never stopped", SURE_BAD, None, STUDY, True, "continue/explore"),
+]
 
 
 @pytest.mark.parametrize(
-    ("quantiles", "expected"),
-    [
-        ({0.1: 2.0, 0.5: 2.5, 0.9: 3.0}, "stop"),  # sure to end above the threshold
-        ({0.1: 1.0, 0.5: 2.5, 0.9: 3.0}, "continue"),  # likely bad, but not 90% sure
-        ({0.1: 0.5, 0.5: 0.8, 0.9: 1.0}, "continue"),
-    ],
+    ("case", "quantiles", "ood", "margins", "exploration", "expected"),
+    ORACLE_CASES,
+    ids=[c[0] for c in ORACLE_CASES],
 )
-def test_policy_oracle_stops_only_when_confident(
-    quantiles: dict[float, float], expected: str
+def test_policy_oracle_stops_only_beyond_the_calibrated_margin(
+    case: str,
+    quantiles: dict[float, float],
+    ood: float | None,
+    margins: Margins,
+    exploration: bool,
+    expected: str,
 ) -> None:
-    s = situation([(0.5, 1.0)], predictor=FixedPredictor(quantiles))
+    s = situation([(0.5, 1.0)], predictor=FixedPredictor(quantiles, ood))
+    s = dataclasses.replace(s, margins=margins, exploration=exploration)
     verdict = decide(chain_for("auto"), s)
-    assert verdict.policy == "oracle"
-    assert verdict.action == expected
-    assert verdict.threshold == pytest.approx(1.4 + 0.2 + 0.05)
+    assert f"{verdict.action}/{verdict.policy}" == expected, verdict.reason
     assert verdict.prediction is not None and verdict.prediction.model_version == "test-1"
+    if verdict.policy == "oracle":
+        assert verdict.threshold == pytest.approx(1.4 + 0.2 + 0.05)
+        assert "margin 0.5" in verdict.reason or "margin 1" in verdict.reason
+    if verdict.policy == "warmup":
+        assert "not calibrated for this study" in verdict.reason
+        assert ("unlike the model's training data" in verdict.reason) == (ood != 0.5)
+
+
+def test_policy_explore_applies_to_the_median_rule_too() -> None:
+    s = dataclasses.replace(situation([(0.5, 2.5)]), exploration=True)
+    verdict = decide(chain_for("median"), s)
+    assert (verdict.action, verdict.policy) == ("continue", "explore")
+    assert "unbiased" in verdict.reason
+
+
+def test_policy_oracle_waits_while_the_threshold_lies_among_stopped_runs() -> None:
+    ref = reference([1.0, 1.2, 1.4, 1.6, 1.8])
+    ref.censored = 6  # more than half the study was stopped: its p50 is unknown
+    s = situation([(0.5, 1.0)], ref=ref, predictor=FixedPredictor(SURE_BAD))
+    verdict = decide(chain_for("auto"), dataclasses.replace(s, margins=STUDY))
+    assert (verdict.action, verdict.policy) == ("continue", "warmup")
+    assert "stopped runs" in verdict.reason
 
 
 def test_policy_warmup_carries_the_forecast_when_a_model_is_loaded() -> None:
@@ -174,7 +254,7 @@ def test_a_situation_with_its_forecast_keeps_every_other_field() -> None:
     """`with_forecast` spells out the fields (dataclasses.replace costs more than a decision's
     forecast step); a field added to Situation must be added there too."""
     s = situation([(0.05, 1.0)], predictor=FixedPredictor({0.1: 2.0, 0.5: 2.5, 0.9: 3.0}))
-    s = dataclasses.replace(s, context=encode_context({"x": 5, "y": 5}, 100))
+    s = dataclasses.replace(s, context=encode_context({"x": 5, "y": 5}, 100), margins=STUDY)
     unset = [f.name for f in dataclasses.fields(s) if getattr(s, f.name) is None]
     assert unset == ["forecast"], "give every field a value, so that a forgotten one shows"
     forecast = Prediction((1.0, 0.1, 0.0), 2.5, {0.5: 2.5}, "v1")

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from core.bundle import Bundle
+from core.calibration import Evidence
 from core.features import (
     N_CONTEXT,
     N_TARGETS,
@@ -20,6 +21,7 @@ from core.features import (
     decode_targets,
     encode_history,
     encode_last,
+    n_context,
     with_context,
 )
 from core.network import Network, State
@@ -36,8 +38,9 @@ class BundlePredictor:
     history's bytes, and the run's context's for a model that reads one; LRU), so the next
     checkpoint of the same run costs one step.
 
-    `context` (features.encode_context of the run) feeds a model of feature schema 2; one of
-    schema 1 ignores it. None: the run's configuration is unknown.
+    `context` (features.encode_context of the run) feeds a model of feature schema 2 or 3 (each
+    reads its schema's columns of it); one of schema 1 ignores it. None: the run's configuration
+    is unknown.
     """
 
     def __init__(self, version: str, bundle: Bundle, cache_runs: int = DEFAULT_CACHE_RUNS):
@@ -50,13 +53,27 @@ class BundlePredictor:
         self.median = int(np.searchsorted(self.levels, 0.5))
         # Fitted on the validation split so that the 80% interval holds 80% of the finals.
         self.interval_scale = float(bundle.manifest["interval_scale"])
-        self.reads_context = int(bundle.manifest.get("feature_schema_version", 1)) >= 2
+        self.context_width = n_context(int(bundle.manifest.get("feature_schema_version", 1)))
+        self.reads_context = self.context_width > 0
         self.cache_runs = cache_runs if self.network.causal else 0
+        # The training inputs' spread, for the distance of a run's inputs from them (OOD).
+        stats = bundle.manifest.get("input_stats") or {}
+        width = self.network.n_inputs
+        mean, scale = stats.get("mean"), stats.get("scale")
+        self.input_mean: np.ndarray | None = None
+        self.input_scale: np.ndarray | None = None
+        if mean and scale and len(mean) == width and len(scale) == width:
+            self.input_mean = np.asarray(mean, dtype=np.float64)
+            self.input_scale = np.maximum(np.asarray(scale, dtype=np.float64), 1e-9)
+        self.ood_limit = float(stats["limit"]) if stats.get("limit") is not None else None
+        # The model's own held-out calibration: each good test run's worst z (manifest).
+        calibration = bundle.manifest.get("calibration") or {}
+        self.heldout_scores: list[float] = [float(v) for v in calibration.get("good_scores", [])]
         self._cache: OrderedDict[bytes, list[State]] = OrderedDict()
         self._lock = threading.Lock()
 
     def _inputs(self, rows: np.ndarray, context: np.ndarray | None) -> np.ndarray:
-        return with_context(rows, context) if self.reads_context else rows
+        return with_context(rows, context, self.context_width) if self.reads_context else rows
 
     def _key(self, history: np.ndarray, context: np.ndarray | None) -> bytes:
         """The cache key of a run's state after `history`."""
@@ -160,7 +177,16 @@ class BundlePredictor:
             x = inputs[[k for k, _ in hits]]
             if self.reads_context:
                 x = np.concatenate(
-                    [x, np.stack([_context_or_zeros(runs_contexts[k]) for k, _ in hits])], axis=1
+                    [
+                        x,
+                        np.stack(
+                            [
+                                _context_or_zeros(runs_contexts[k])[: self.context_width]
+                                for k, _ in hits
+                            ]
+                        ),
+                    ],
+                    axis=1,
                 )
             y, stepped = self.network.step_many(x, [states for _, states in hits])
             with self._lock:
@@ -173,10 +199,65 @@ class BundlePredictor:
             raw if raw is not None else self.raw(h, c)
             for raw, h, c in zip(raws, histories, runs_contexts, strict=True)
         ]
-        return self._predictions(np.stack(rows), current, weights)
+        ood = self.inputs_distance(inputs, runs_contexts)
+        return self._predictions(np.stack(rows), current, weights, ood)
+
+    def inputs_distance(
+        self, rows: np.ndarray, contexts: Sequence[np.ndarray | None]
+    ) -> np.ndarray | None:
+        """How unlike the model's training inputs each run's current input row is: the root
+        mean square of its columns' z-scores against the training rows (manifest
+        `input_stats`), (B,); None for a model trained before they were recorded."""
+        if self.input_mean is None or self.input_scale is None:
+            return None
+        if self.reads_context:
+            wide = np.stack(
+                [
+                    np.concatenate([row, _context_or_zeros(c)[: self.context_width]])
+                    for row, c in zip(rows, contexts, strict=True)
+                ]
+            )
+        else:
+            wide = rows
+        z = (wide - self.input_mean) / self.input_scale
+        return np.asarray(np.sqrt(np.mean(z * z, axis=1)))
+
+    def evidence(
+        self,
+        history: np.ndarray,
+        weights: Sequence[float] | np.ndarray,
+        final_score: float,
+        context: np.ndarray | None = None,
+    ) -> Evidence:
+        """A finished run as calibration evidence: this model's forecast at each of its
+        checkpoints before the end, and its final score."""
+        history = np.asarray(history, dtype=np.float64)
+        before = history[:, 0] < 1.0
+        if not before.any():
+            return Evidence(np.empty(0), np.empty(0), np.empty(0), final_score)
+        last = int(np.flatnonzero(before)[-1]) + 1
+        scores = self.score_quantiles(self.quantiles_by_step(history[:last], context), weights)
+        lo, hi = self._interval_columns()
+        return Evidence(
+            progress=history[:last, 0].copy(),
+            median=scores[:, self.median].copy(),
+            width=scores[:, hi] - scores[:, lo],
+            final=final_score,
+        )
+
+    def _interval_columns(self) -> tuple[int, int]:
+        """The quantile columns of the 80% interval (q10, q90)."""
+        levels = self.levels.tolist()
+        return levels.index(0.1) if 0.1 in levels else 0, (
+            levels.index(0.9) if 0.9 in levels else len(levels) - 1
+        )
 
     def _predictions(
-        self, raws: np.ndarray, current: np.ndarray, weights: Sequence[Sequence[float]]
+        self,
+        raws: np.ndarray,
+        current: np.ndarray,
+        weights: Sequence[Sequence[float]],
+        ood: np.ndarray | None = None,
     ) -> list[Prediction]:
         """The forecasts of B runs from the network's outputs raws (B, n_outputs) and their
         current metrics (B, 3), each with its own score weights (B, 3)."""
@@ -196,8 +277,10 @@ class BundlePredictor:
                 score=float(s[m]),
                 score_quantiles=dict(zip(levels, s.tolist(), strict=True)),
                 model_version=self.version,
+                ood=None if ood is None else float(ood[k]),
+                ood_limit=self.ood_limit,
             )
-            for f, s in zip(finals, scores, strict=True)
+            for k, (f, s) in enumerate(zip(finals, scores, strict=True))
         ]
 
 

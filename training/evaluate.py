@@ -8,12 +8,21 @@ one figure means the same for every data set.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
+from core.calibration import (
+    CONDITIONING_POLICIES,
+    EvidenceSet,
+    Margins,
+    is_exploration,
+    pooled,
+    study_margins,
+)
 from core.forecast import BundlePredictor
 from core.policy import Predictor, Situation, chain_for, decide
 from core.reference import ReferenceSet
@@ -165,7 +174,10 @@ class Decider(Protocol):
 
 
 class ChainDecider:
-    """The service's own policy chain over a study = one group of runs."""
+    """The service's own policy chain over a study = one group of runs, with what the service
+    keeps beside it: each study's reference set (stopped runs counted as censored), its
+    exploration runs, and the evidence that calibrates the model's stops (core.calibration),
+    pooled over the groups as the service pools its studies."""
 
     def __init__(
         self,
@@ -179,23 +191,64 @@ class ChainDecider:
         self.policies = policies
         self.predictor_for = predictor_for
         self.references: dict[str, ReferenceSet] = {}
+        self.evidence: dict[str, EvidenceSet] = {}
+        self.conditioned: set[str] = set()  # runs a policy that can stop them decided
+        self.verdicts: Counter[str] = Counter()  # decisions by the policy that made them
 
     def stops(self, run: RunRecord, k: int) -> bool:
         policy = self.policies[run.group]
         reference = self.references.setdefault(run.group, ReferenceSet())
+        thresholds = reference.thresholds(policy)
+        predictor = self.predictor_for(run)
+        margins = None
+        if predictor is not None:
+            margins = self.margins(run.group, thresholds.final, predictor)
         situation = Situation(
             epoch=int(run.epochs[k]),
             max_epochs=run.max_epochs,
             history=run.history[: k + 1],
             policy=policy,
-            thresholds=reference.thresholds(policy),
-            predictor=self.predictor_for(run),
+            thresholds=thresholds,
+            predictor=predictor,
             context=run.context,
+            margins=margins,
+            exploration=is_exploration(run.run_id, policy.exploration),
         )
-        return decide(self.chain, situation).action == "stop"
+        verdict = decide(self.chain, situation)
+        self.verdicts[verdict.policy] += 1
+        if verdict.policy in CONDITIONING_POLICIES:
+            self.conditioned.add(run.run_id)
+        if verdict.action == "stop":
+            reference.censored += 1
+            return True
+        return False
+
+    def margins(self, group: str, threshold: float, predictor: Predictor) -> Margins:
+        policy = self.policies[group]
+        own = self._good(group, threshold)
+        parts = [own]
+        for other, reference in self.references.items():
+            if other != group and other in self.evidence:
+                parts.append(self._good(other, reference.thresholds(self.policies[other]).final))
+        scores = getattr(predictor, "heldout_scores", None)
+        return study_margins(own, pooled(parts), policy.confidence, scores)
+
+    def _good(self, group: str, threshold: float) -> np.ndarray:
+        evidence = self.evidence.get(group)
+        if evidence is None:
+            return np.empty(0)
+        return evidence.good(threshold, self.policies[group].min_progress)
 
     def finished(self, run: RunRecord) -> None:
         self.references.setdefault(run.group, ReferenceSet()).extend([(run.history, run.final)])
+        if run.run_id in self.conditioned:
+            return
+        predictor = self.predictor_for(run)
+        if isinstance(predictor, BundlePredictor):
+            weights = self.policies[run.group].weights
+            score = float(weights.scores(run.final[None, :])[0])
+            evidence = predictor.evidence(run.history, _weights_vector(weights), score, run.context)
+            self.evidence.setdefault(run.group, EvidenceSet()).add([evidence])
 
 
 def _diverged_at(run: RunRecord, k: int) -> bool:

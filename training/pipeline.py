@@ -17,9 +17,9 @@ from core import bundle
 from core.bundle import Bundle
 from core.forecast import BundlePredictor
 from core.scoring import Weights
-from training import evaluate, train
+from training import evaluate, heldout, train
 from training.config import TrainConfig
-from training.dataset import RunRecord, Split, score_weights, split_runs
+from training.dataset import Inputs, RunRecord, Split, score_weights, split_runs
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,9 @@ def run(
         "feature_schema_version": config.feature_schema,
         "quantile_levels": list(config.quantile_levels),
         "interval_scale": 1.0,
+        "input_stats": heldout.input_stats(
+            split.train, Inputs(config.feature_schema, 0.0, config.seed), config.max_steps
+        ),
     }
     predictor = BundlePredictor("candidate", Bundle(manifest, trained.weights))
     calibrated = evaluate.fit_interval_scale(
@@ -91,6 +94,11 @@ def run(
     predictor.interval_scale = calibrated
     coverage = evaluate.prediction_report(predictor, split.test, weights).get("coverage_80")
     predictor.interval_scale = manifest["interval_scale"] = calibrated * config.interval_safety
+    manifest["calibration"] = {
+        "good_scores": heldout.good_scores(predictor, split.test, weights),
+        "runs": "test split",
+    }
+    predictor.heldout_scores = list(manifest["calibration"]["good_scores"])
     origin_threshold = evaluate.tune_origin_threshold(split.train + split.validation, weights)
     metrics = evaluation(predictor, split, weights, origin_threshold, config)
     metrics["calibration"] = {

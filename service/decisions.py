@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from core import store
+from core.calibration import is_exploration
 from core.db import Database
 from core.errors import Conflict, InvalidInput
 from core.features import encode_context
@@ -17,7 +18,7 @@ from core.reference import history_array
 from core.store import Metrics
 from core.tables import Study, utcnow
 from service.api.present import decision_of
-from service.reference_cache import ReferenceCache
+from service.reference_cache import ReferenceCache, study_view
 from service.schemas import CheckpointIn, Decision
 from service.serving.holder import ModelHolder
 from service.storage import storage_errors
@@ -54,15 +55,18 @@ def record_one(
         rows.append(
             (body.epoch, observed.mqe, observed.topographic_error, observed.dead_neuron_ratio)
         )
-        reference, _ = references.get(session, study.pk)
+        predictor = models.current
+        view = study_view(references, session, study.pk, predictor)
         situation = Situation(
             epoch=body.epoch,
             max_epochs=run.max_epochs,
             history=history_array(rows, run.max_epochs),
             policy=policy,
-            thresholds=reference.thresholds(policy),
-            predictor=models.current,
+            thresholds=view.thresholds,
+            predictor=predictor,
             context=encode_context(run.config, run.max_epochs),
+            margins=view.margins,
+            exploration=is_exploration(run_id, policy.exploration),
         )
         verdict = decide(chain_for(policy.decider), situation)
         row = row_of_verdict(body, observed, run.max_epochs, verdict)

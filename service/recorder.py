@@ -38,17 +38,16 @@ from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from core import store
+from core.calibration import is_exploration
 from core.db import Database, begin_nowait
 from core.errors import InvalidInput, NotFound, OracleError
 from core.policy import Situation, chain_for, decide
-from core.reference import Thresholds
-from core.scoring import StudyPolicy
 from core.store import FINISHED_STATUSES, Metrics, RunState
 from core.tables import utcnow
 from service import metrics
 from service.api.present import run_public, run_public_of_state
 from service.decisions import decision_of_verdict, record_one, row_of_verdict
-from service.reference_cache import ReferenceCache
+from service.reference_cache import ReferenceCache, StudyView, study_view
 from service.schemas import CheckpointIn, Decision, RunPublic
 from service.serving.holder import ModelHolder
 from service.storage import storage_errors
@@ -398,7 +397,7 @@ class Recorder:
             state.status = item.status  # a later checkpoint of this batch: ORM path
         situated: list[tuple[int, _Pending, RunState, store.HistoryRow, Metrics]] = []
         situations: list[Situation] = []
-        studies: dict[int, tuple[StudyPolicy, Thresholds]] = {}  # read once per batch
+        studies: dict[int, StudyView] = {}  # read once per batch
         for i, pending in outcome.pendings:
             try:
                 state, point, observed, situation = self._situate(conn, pending, studies)
@@ -470,7 +469,7 @@ class Recorder:
             self._runs.popitem(last=False)
 
     def _situate(
-        self, conn: Any, pending: _Pending, studies: dict[int, tuple[StudyPolicy, Thresholds]]
+        self, conn: Any, pending: _Pending, studies: dict[int, StudyView]
     ) -> tuple[RunState, store.HistoryRow, Metrics, Situation]:
         body = pending.body
         state = self._runs.get(pending.run_id)
@@ -486,19 +485,22 @@ class Recorder:
             raise _SlowPath
         observed = Metrics.of(body.mqe, body.topographic_error, body.dead_neuron_ratio)
         point = (body.epoch, observed.mqe, observed.topographic_error, observed.dead_neuron_ratio)
+        predictor = self.models.current
         study = studies.get(state.study_pk)
         if study is None:
-            reference, policy = self.references.get(conn, state.study_pk)
-            study = studies[state.study_pk] = (policy, reference.thresholds(policy))
-        policy, thresholds = study
+            study = studies[state.study_pk] = study_view(
+                self.references, conn, state.study_pk, predictor
+            )
         situation = Situation(
             epoch=body.epoch,
             max_epochs=state.max_epochs,
             history=state.history_with(point),
-            policy=policy,
-            thresholds=thresholds,
-            predictor=self.models.current,
+            policy=study.policy,
+            thresholds=study.thresholds,
+            predictor=predictor,
             context=state.context(),
+            margins=study.margins,
+            exploration=is_exploration(pending.run_id, study.policy.exploration),
         )
         return state, point, observed, situation
 

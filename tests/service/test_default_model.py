@@ -24,20 +24,31 @@ def test_default_model_is_activated_once_and_forecasts_from_the_first_checkpoint
         assert first["model_version"] == active["version"]
         low, high = first["score_interval"]
         assert low <= first["predicted_score"] <= high
-        # Finished runs to compare with: the oracle policy answers.
-        for i in range(5):
-            client.put(f"/v1/runs/f{i}", json={"study_id": "s", "max_epochs": 10})
-            for epoch in (1, 5, 10):
-                client.post(f"/v1/runs/f{i}/checkpoints", json={"epoch": epoch, **POINT})
-            client.post(f"/v1/runs/f{i}/finish", json={"status": "completed"})
-        later = client.post("/v1/runs/r/checkpoints", json={"epoch": 30, **POINT}).json()
+        # Five finished runs: a threshold, but too few good runs to calibrate the model's
+        # stops for this study (0.9 needs nine), so it forecasts and does not stop.
+        finish_runs(client, range(5))
+        early = client.post("/v1/runs/r/checkpoints", json={"epoch": 30, **POINT}).json()
+        assert early["policy"] == "warmup", early
+        assert "not calibrated for this study yet" in early["reason"]
+        assert early["threshold"] is not None
+        # Nine more: the study's own evidence calibrates it, and the model answers.
+        finish_runs(client, range(5, 14))
+        later = client.post("/v1/runs/r/checkpoints", json={"epoch": 40, **POINT}).json()
         assert later["policy"] == "oracle", later
-        assert later["threshold"] is not None
+        assert "of the study's unbiased finished runs" in later["reason"]
     # A second start (another replica, a restart) keeps the active choice and adds nothing.
     with TestClient(create_app(settings), headers=auth("admin")) as client:
         models = client.get("/v1/models").json()
         assert len(models["models"]) == 1
         assert models["active"] == active["version"]
+
+
+def finish_runs(client: TestClient, ids: range) -> None:
+    for i in ids:
+        client.put(f"/v1/runs/f{i}", json={"study_id": "s", "max_epochs": 10})
+        for epoch in (1, 5, 10):
+            client.post(f"/v1/runs/f{i}/checkpoints", json={"epoch": epoch, **POINT})
+        client.post(f"/v1/runs/f{i}/finish", json={"status": "completed"})
 
 
 def test_default_model_never_overrides_an_admin_choice(database_url: str) -> None:

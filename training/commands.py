@@ -11,7 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from core import bundle, registry
+from core.calibration import study_margins
 from core.db import DEFAULT_DATABASE_URL, Database
 from core.errors import InvalidInput, NotFound
 from core.features import encode_context
@@ -215,6 +218,11 @@ def predict(
                 thresholds=ReferenceSet().thresholds(policy),
                 predictor=predictor,
                 context=context,
+                # One history has no study: the model's own held-out calibration is all there
+                # is, and only for inputs like its training data.
+                margins=study_margins(
+                    np.empty(0), np.empty(0), confidence, predictor.heldout_scores
+                ),
             ),
         )
         out.update(action=verdict.action, policy=verdict.policy, reason=verdict.reason)

@@ -67,7 +67,11 @@ def random_weights(
 
 
 def random_bundle(
-    name: str = "lite", width: float = 0.25, seed: int = 0, schema: int = FEATURE_SCHEMA_VERSION
+    name: str = "lite",
+    width: float = 0.25,
+    seed: int = 0,
+    schema: int = FEATURE_SCHEMA_VERSION,
+    extra: dict[str, Any] | None = None,
 ) -> bytes:
     spec = architecture(name, N_TARGETS * len(LEVELS), 0.0, width, n_inputs(schema))
     manifest = {
@@ -75,6 +79,7 @@ def random_bundle(
         "feature_schema_version": schema,
         "quantile_levels": list(LEVELS),
         "interval_scale": 1.0,
+        **(extra or {}),
     }
     artifact, _ = bundle.dump(manifest, random_weights(spec, seed))
     return artifact

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import InvalidInput
+from core.features import FEATURE_SCHEMA_VERSION, n_inputs
 from tests.training.conftest import random_bundle
 from training import commands
 from training.dataset import RunRecord
@@ -45,10 +46,29 @@ def test_predict_gives_finals_and_a_recommendation(
     assert set(out["predicted_final"]) == {"mqe", "topographic_error", "dead_neuron_ratio"}
     lo, hi = out["score_interval"]
     assert lo <= out["predicted_score"] <= hi and "action" not in out
-    decided = commands.predict(
+    # A model without a record of its own calibration never stops a run on its forecast.
+    uncalibrated = commands.predict(
         str(sequence), max_epochs=run.max_epochs, model=str(bundle_file), threshold=-1.0
     )
-    assert decided["action"] == "stop" and decided["policy"] == "oracle"
+    assert uncalibrated["action"] == "continue" and uncalibrated["policy"] == "warmup"
+    assert "not calibrated" in uncalibrated["reason"]
+    # One whose manifest holds its held-out calibration, for inputs within its training
+    # spread: its own margin applies, and a forecast far above the threshold stops.
+    width = n_inputs(FEATURE_SCHEMA_VERSION)
+    calibrated = tmp_path / "calibrated.bundle"
+    calibrated.write_bytes(
+        random_bundle(
+            extra={
+                "input_stats": {"mean": [0.0] * width, "scale": [1e6] * width, "limit": 1.0},
+                "calibration": {"good_scores": [0.0] * 20},
+            }
+        )
+    )
+    decided = commands.predict(
+        str(sequence), max_epochs=run.max_epochs, model=str(calibrated), threshold=-1e3
+    )
+    assert decided["action"] == "stop" and decided["policy"] == "oracle", decided
+    assert "the model's own held-out" in decided["reason"]
 
 
 def test_predict_needs_max_epochs(tmp_path: Path, bundle_file: Path, runs: list[RunRecord]):

@@ -98,16 +98,16 @@ def test_training_rows_carry_the_context_and_hide_it_for_a_share_of_runs() -> No
     runs = [_run(f"r{i}", SMALL if i % 2 else LARGE, seed=i) for i in range(200)]
     plain = step_arrays(runs, max_steps=64)
     assert plain.x.shape[2] == N_FEATURES
-    wide = step_arrays(runs, max_steps=64, inputs=Inputs(schema=2))
-    assert wide.x.shape[2] == n_inputs(2)
+    wide = step_arrays(runs, max_steps=64, inputs=Inputs(schema=3))
+    assert wide.x.shape[2] == n_inputs(3)
     np.testing.assert_array_equal(wide.x[:, :, :N_FEATURES], plain.x)
     for i, run in enumerate(runs):
         np.testing.assert_allclose(wide.x[i, 0, :N_FEATURES], encode_history(run.history)[0])
         np.testing.assert_allclose(wide.x[i, :6, N_FEATURES:], np.tile(run.context, (6, 1)))
-    hidden = step_arrays(runs, 64, Inputs(schema=2, context_dropout=0.25, seed=3))
+    hidden = step_arrays(runs, 64, Inputs(schema=3, context_dropout=0.25, seed=3))
     unknown = [
         np.allclose(hidden.x[i, 0, N_FEATURES:], encode_context(None, 50)) for i in range(len(runs))
     ]
     assert 0.15 < np.mean(unknown) < 0.35  # seeded: the same runs every time
-    again = step_arrays(runs, 64, Inputs(schema=2, context_dropout=0.25, seed=3))
+    again = step_arrays(runs, 64, Inputs(schema=3, context_dropout=0.25, seed=3))
     np.testing.assert_array_equal(hidden.x, again.x)

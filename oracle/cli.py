@@ -128,6 +128,12 @@ def train(
     seed: int = 7,
     output: Annotated[Path | None, typer.Option(help="Also write the bundle here")] = None,
     database_url: Annotated[str | None, typer.Option(envvar="DATABASE_URL")] = None,
+    warm_start: Annotated[
+        bool, typer.Option(help="Fine-tune the active model when it has this architecture")
+    ] = True,
+    censored: Annotated[
+        bool, typer.Option(help="Also learn from stopped runs' histories (censored finals)")
+    ] = False,
 ) -> None:
     """Retrain the model, evaluate it, and publish it if it passes the gate."""
     from training import commands
@@ -144,10 +150,12 @@ def train(
         min_new_runs=min_new_runs,
         seed=seed,
         output=str(output) if output else None,
+        warm_start=warm_start,
+        censored=censored,
     )
     if "report" in summary:
         typer.echo(summary["report"])
-    for key in ("version", "bundle", "published", "gate", "retrainings"):
+    for key in ("version", "bundle", "published", "gate", "seconds", "retrainings"):
         if key in summary:
             typer.echo(f"{key}: {summary[key]}")
 

@@ -7,6 +7,7 @@ comes in only inside the functions that fit a model.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ def train(
     output: str | None = None,
     log_dir: str = "var/training",
     verbose: int = 0,
+    warm_start: bool = True,
+    censored: bool = False,
 ) -> dict[str, Any]:
     """One retraining (or, with `watch`, the scheduled loop).
 
@@ -49,7 +52,15 @@ def train(
     from training.config import TrainConfig
     from training.dataset import load_database, load_file
 
-    config = TrainConfig(model=model, epochs=epochs, seed=seed, log_dir=log_dir)
+    config = TrainConfig(
+        model=model,
+        epochs=epochs,
+        seed=seed,
+        log_dir=log_dir,
+        warm_start=warm_start,
+        censored=censored,
+    )
+    started = time.perf_counter()
     logs = Path(log_dir)
     use_db = dataset is None or database_url is not None
     url = database_url or DEFAULT_DATABASE_URL
@@ -61,17 +72,27 @@ def train(
             db.dispose()
         return {"retrainings": attempts}
 
-    if dataset is not None:
-        runs = load_file(dataset)
-        snapshot: dict[str, Any] = {"source": "file", "file": str(dataset), "n_runs": len(runs)}
-    else:
+    active = None
+    if use_db:
         db = Database.connect(url)
         try:
             with db.reads() as session:
-                runs, snapshot = load_database(session, config.max_runs)
+                active = publish.active_model(session)
+                if dataset is None:
+                    runs, snapshot = load_database(session, config.max_runs, censored)
         finally:
             db.dispose()
-    candidate = pipeline.run(config, runs, snapshot, logs / model, verbose=verbose)
+    if dataset is not None:
+        runs = load_file(dataset)
+        snapshot = {"source": "file", "file": str(dataset), "n_runs": len(runs)}
+    candidate = pipeline.run(
+        config,
+        runs,
+        snapshot,
+        logs / model,
+        verbose=verbose,
+        active=active.bundle if active else None,
+    )
     summary: dict[str, Any] = {
         "version": candidate.version,
         "report": candidate.report,
@@ -86,11 +107,12 @@ def train(
         db = Database.connect(url)
         try:
             with db.writes.begin() as session:
-                result = publish.publish(session, candidate, config)
+                result = publish.publish(session, candidate, config, active)
         finally:
             db.dispose()
         summary["published"] = result.passed
         summary["gate"] = result.reason
+    summary["seconds"] = round(time.perf_counter() - started, 1)
     return summary
 
 

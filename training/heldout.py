@@ -5,7 +5,7 @@ data only: core.calibration.Margins)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -43,12 +43,13 @@ def input_stats(runs: Sequence[RunRecord], inputs: Inputs, max_steps: int) -> di
 
 
 def good_scores(
-    predictor: BundlePredictor,
+    predictor: BundlePredictor | Callable[[RunRecord], BundlePredictor],
     runs: Sequence[RunRecord],
     weights: dict[str, Weights],
     policy: StudyPolicy | None = None,
 ) -> list[float]:
-    """Each held-out run's worst stop statistic, for the runs that ended at or below their
+    """Each held-out run's worst stop statistic (`predictor` one model, or each run's own that
+    never saw it), for the runs that ended at or below their
     group's threshold (the default policy's: the p50 of the group's final scores), sorted."""
     base = policy or StudyPolicy()
     by_group: dict[str, list[RunRecord]] = {}
@@ -63,7 +64,9 @@ def good_scores(
         threshold = float(percentile_scores(finals, base.threshold.value))
         evidence = EvidenceSet()
         evidence.add(
-            predictor.evidence(r.history, vector, f, r.context)
+            (predictor if isinstance(predictor, BundlePredictor) else predictor(r)).evidence(
+                r.history, vector, f, r.context
+            )
             for r, f in zip(members, finals, strict=True)
         )
         out.append(evidence.good(threshold, base.min_progress))

@@ -1,21 +1,25 @@
 """Register a candidate and move the active alias only if it passes the promotion gate.
 
-The gate replays the same held-out runs, in the same order, through the candidate, the active
-version and the median rule; the candidate must beat both, else it is stored as rejected.
+The gate (training.gate) compares, run by run, the candidate's cross-fitted forecasts of the
+finished runs with the active model's forecasts of the same runs, and promotes on a paired
+test; the evidence is stored in the version's manifest either way.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from sqlalchemy.orm import Session
 
 from core import bundle, registry
+from core.bundle import Bundle
 from core.errors import ModelUnavailable
 from core.forecast import BundlePredictor
+from training import gate as stats
 from training.config import TrainConfig
-from training.pipeline import Candidate, evaluation
+from training.pipeline import Candidate
 
 log = structlog.get_logger()
 TRAINER = "trainer"
@@ -25,56 +29,70 @@ TRAINER = "trainer"
 class GateResult:
     passed: bool
     reason: str
-    candidate_utility: float
-    median_utility: float
-    active_utility: float | None
+    active_version: str | None
+    evidence: dict[str, Any] | None  # training.gate.Comparison.as_dict; None: no active model
 
 
-def gate(session: Session, candidate: Candidate, config: TrainConfig) -> GateResult:
-    mine = candidate.utility
-    median = float(candidate.manifest["metrics"]["gate"]["median_utility"])
-    active = _active_utility(session, candidate, config)
-    if mine <= median:
-        reason = f"utility {mine:.4f} does not beat the median rule's {median:.4f}"
-        return GateResult(False, reason, mine, median, active)
-    if active is not None and mine <= active:
-        reason = f"utility {mine:.4f} does not beat the active version's {active:.4f}"
-        return GateResult(False, reason, mine, median, active)
-    against = "no active version" if active is None else f"the active version's {active:.4f}"
-    reason = f"utility {mine:.4f} beats the median rule's {median:.4f} and {against}"
-    return GateResult(True, reason, mine, median, active)
+@dataclass(frozen=True)
+class Active:
+    version: str
+    bundle: Bundle
+    after_pk: int  # the newest database run it trained on (0: trained from a file)
+
+    @property
+    def predictor(self) -> BundlePredictor:
+        return BundlePredictor(self.version, self.bundle)
 
 
-def _active_utility(session: Session, candidate: Candidate, config: TrainConfig) -> float | None:
-    """The active version replayed on the candidate's test split; None if there is none or
-    it cannot be read by this code (then it cannot be compared, nor kept serving)."""
+def active_model(session: Session) -> Active | None:
+    """The active version, if there is one this code can read (else it can neither be compared
+    with nor kept serving, and a candidate replaces it)."""
     version = registry.active_version(session)
     if version is None:
         return None
     row = registry.get_version(session, version)
     try:
-        predictor = BundlePredictor(version, bundle.load(bytes(row.artifact)))
+        loaded = bundle.load(bytes(row.artifact))
     except ModelUnavailable as e:
         log.warning("active_model_unreadable", version=version, error=str(e))
         return None
-    metrics = evaluation(
-        predictor,
-        candidate.split,
+    snapshot = loaded.manifest.get("data_snapshot") or {}
+    after = int(snapshot.get("max_run_pk", 0)) if snapshot.get("source") == "database" else 0
+    return Active(version, loaded, after)
+
+
+def gate(candidate: Candidate, active: Active | None, config: TrainConfig) -> GateResult:
+    if active is None:
+        return GateResult(True, "no active version to compare with", None, None)
+    comparison = stats.compare(
+        candidate.runs,
+        candidate.predictor_for,
+        active.predictor,
         candidate.weights,
-        candidate.manifest["origin_threshold"],
-        config,
+        config.gate_min_runs,
+        after_pk=active.after_pk,
     )
-    return float(metrics["gate"]["oracle_utility"])
+    passed, reason = comparison.verdict(config.gate_alpha)
+    return GateResult(passed, reason, active.version, comparison.as_dict())
 
 
-def publish(session: Session, candidate: Candidate, config: TrainConfig) -> GateResult:
-    """Add the version; activate it if the gate passes, else store it as rejected."""
-    result = gate(session, candidate, config)
+def publish(
+    session: Session, candidate: Candidate, config: TrainConfig, active: Active | None = None
+) -> GateResult:
+    """Add the version; activate it if the gate passes, else store it as rejected. `active`:
+    the active model as read before training (read now when not given)."""
+    if active is None:
+        active = active_model(session)
+    elif registry.active_version(session) != active.version:
+        active = active_model(session)  # an operator moved the alias while this one trained
+    result = gate(candidate, active, config)
     manifest = dict(candidate.manifest)
     manifest["gate"] = {
         "passed": result.passed,
         "reason": result.reason,
-        "active_utility": result.active_utility,
+        "against": result.active_version,
+        "evidence": result.evidence,
+        "alpha": config.gate_alpha,
     }
     registry.add_version(
         session,

@@ -21,6 +21,8 @@ from training.config import TrainConfig
 log = structlog.get_logger()
 # How often the loop looks at the database; retraining itself is far rarer.
 POLL_S = 30.0
+# Fewer finished runs than this give each cross-fitted fold too little to learn or test on.
+MIN_RUNS = 20
 
 
 def last_snapshot_pk(session: Session) -> int:
@@ -40,13 +42,21 @@ def retrain_once(
 ) -> publish.GateResult | None:
     """One retraining from the database; reads never hold SQLite's write lock for long."""
     with reads() as session:
-        runs, snapshot = dataset.load_database(session, config.max_runs)
-    if len(runs) < 20:
-        log.info("retrain_skipped", reason=f"{len(runs)} finished runs; 20 are needed")
+        runs, snapshot = dataset.load_database(session, config.max_runs, config.censored)
+        active = publish.active_model(session)
+    n_finished = sum(r.trainable for r in runs)
+    if n_finished < MIN_RUNS:
+        log.info("retrain_skipped", reason=f"{n_finished} finished runs; {MIN_RUNS} are needed")
         return None
-    candidate = pipeline.run(config, runs, snapshot, log_dir / time.strftime("%Y%m%dT%H%M%S"))
+    candidate = pipeline.run(
+        config,
+        runs,
+        snapshot,
+        log_dir / time.strftime("%Y%m%dT%H%M%S"),
+        active=active.bundle if active else None,
+    )
     with writes.begin() as session:
-        return publish.publish(session, candidate, config)
+        return publish.publish(session, candidate, config, active)
 
 
 def watch(

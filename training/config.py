@@ -58,8 +58,25 @@ class TrainConfig:
     # Runs with more checkpoints are thinned to this many for training (serving takes any
     # length): a worker that checkpoints every epoch of 300 would otherwise slow training 20x.
     max_steps: int = 64
-    # Gate: utility = epochs saved - penalty * share of the best 10% that were stopped. A
-    # stopped top run costs an EA far more than the compute it saves.
+    # Start from the active model when it has this architecture and feature schema (a study
+    # of 50 runs fine-tunes what 600 taught, rather than learning SOMs from nothing), with
+    # these epochs, learning rate and patience; a cold start uses the ones above.
+    warm_start: bool = True
+    fine_tune_epochs: int = 40
+    fine_tune_learning_rate: float = 5e-4
+    fine_tune_patience: int = 6
+    # Stopped runs' histories as censored data: their final MQE is at most the last one seen
+    # (a SOM's MQE falls as its neighbourhood shrinks), a one-sided term of the loss.
+    censored: bool = False
+    # The gate: the candidate's recipe forecasts every finished run from a model that never
+    # saw it (this many folds, cross-fitted), the active model forecasts the same runs, and
+    # the per-run losses are compared paired (training.gate): promoted when the candidate is
+    # better with p < gate_alpha and worse in no study with p < gate_alpha.
+    gate_folds: int = 3
+    gate_alpha: float = 0.05
+    gate_min_runs: int = 10
+    # The backtest's one figure (reported, no longer the gate): utility = epochs saved -
+    # penalty * share of the best 10% that were stopped.
     gate_recall_penalty: float = 2.0
     # Where TensorBoard logs and the best-model checkpoint go (a fresh folder per training).
     log_dir: str = "var/training"
@@ -77,7 +94,11 @@ class TrainConfig:
             raise ValueError(f"feature_schema must be one of {SUPPORTED_FEATURE_SCHEMAS}")
         if not 0 <= self.context_dropout < 1:
             raise ValueError("context_dropout must lie in [0, 1)")
-        if self.epochs < 1 or self.batch_size < 1:
+        if self.gate_folds < 2:
+            raise ValueError("gate_folds must be at least 2")
+        if not 0 < self.gate_alpha < 1:
+            raise ValueError("gate_alpha must lie in (0, 1)")
+        if self.epochs < 1 or self.batch_size < 1 or self.fine_tune_epochs < 1:
             raise ValueError("epochs and batch_size must be positive")
 
     def as_dict(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ study or data set) and outcome, with a seed.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -20,6 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core import store
+from core.calibration import CONDITIONING_POLICIES
 from core.datafile import format_suffix, open_text, read_lines
 from core.features import (
     N_TARGETS,
@@ -31,7 +33,7 @@ from core.features import (
     with_context,
 )
 from core.scoring import Weights
-from core.tables import Run, Study
+from core.tables import Checkpoint, Run, Study
 
 # Padding value of the training arrays; no real step has every feature equal to it (progress
 # lies in [0, 1]), so Keras' Masking layer skips exactly the padding.
@@ -49,6 +51,12 @@ class RunRecord:
     history: np.ndarray  # (n, 4): progress, mqe, te, dead; NaN = non-finite
     final: np.ndarray  # (3,): NaN where the map produced no finite final
     config: dict[str, Any] | None = None  # as the worker sent it; None: unknown
+    pk: int = 0  # the database's key (0: from a file); newer runs have larger keys
+    # No decision of a policy that could stop it on its metrics (core.calibration): its
+    # completion was not selected on how it went, so it is an unbiased sample of its study.
+    unbiased: bool = True
+    # Stopped before its end: the final is unknown (NaN); the history up to the stop is known.
+    censored: bool = False
 
     @cached_property
     def context(self) -> np.ndarray:
@@ -156,6 +164,11 @@ def load_file(path: str | Path) -> list[RunRecord]:
     return [_from_json_line(json.loads(line)) for line in read_lines(path)]
 
 
+def stopped_runs_query() -> Any:
+    """Censored data in the database: runs stopped before their end (their finals unknown)."""
+    return select(Run.pk).where(Run.status == "stopped")
+
+
 def finished_runs_query(after_pk: int = 0) -> Any:
     """Training data in the database: completed at max_epochs (reference_seq), finite finals."""
     return select(Run.pk).where(
@@ -173,9 +186,25 @@ def count_finished(session: Session, after_pk: int = 0) -> int:
     return int(session.scalar(select(func.count()).select_from(query)) or 0)
 
 
-def load_database(session: Session, max_runs: int) -> tuple[list[RunRecord], dict[str, Any]]:
-    """The newest `max_runs` finished runs, oldest first, and the snapshot they form."""
-    pks = finished_runs_query().order_by(Run.pk.desc()).limit(max_runs).subquery()
+def load_database(
+    session: Session, max_runs: int, censored: bool = False
+) -> tuple[list[RunRecord], dict[str, Any]]:
+    """The newest `max_runs` finished runs, oldest first, and the snapshot they form; with
+    `censored`, also the newest `max_runs` stopped runs (RunRecord.censored, finals NaN)."""
+    finished = _load_runs(session, finished_runs_query(), max_runs, censored=False)
+    stopped = _load_runs(session, stopped_runs_query(), max_runs, censored=True) if censored else []
+    snapshot = {
+        "source": "database",
+        "n_runs": len(finished),
+        "n_censored": len(stopped),
+        "n_unbiased": sum(r.unbiased for r in finished),
+        "max_run_pk": max((r.pk for r in finished), default=0),
+    }
+    return sorted(finished + stopped, key=lambda r: r.pk), snapshot
+
+
+def _load_runs(session: Session, query: Any, max_runs: int, censored: bool) -> list[RunRecord]:
+    pks = query.order_by(Run.pk.desc()).limit(max_runs).subquery()
     runs = session.execute(
         select(
             Run.pk,
@@ -191,25 +220,44 @@ def load_database(session: Session, max_runs: int) -> tuple[list[RunRecord], dic
         .where(Run.pk.in_(select(pks.c.pk)))
         .order_by(Run.pk)
     ).all()
-    rows = store.histories_of(session, [r.pk for r in runs])
-    records = [
-        _record(
-            r.run_id,
-            r.study_id,
-            r.max_epochs,
-            rows[r.pk],
-            [r.final_mqe, r.final_topographic_error, r.final_dead_neuron_ratio],
-            r.config,
+    pk_list = [r.pk for r in runs]
+    rows = store.histories_of(session, pk_list)
+    conditioned = conditioned_runs(session, pk_list)
+    nan = [None, None, None]
+    return [
+        dataclasses.replace(
+            _record(
+                r.run_id,
+                r.study_id,
+                r.max_epochs,
+                rows[r.pk],
+                nan
+                if censored
+                else [r.final_mqe, r.final_topographic_error, r.final_dead_neuron_ratio],
+                r.config,
+            ),
+            pk=int(r.pk),
+            unbiased=r.pk not in conditioned,
+            censored=censored,
         )
         for r in runs
         if rows[r.pk]
     ]
-    snapshot = {
-        "source": "database",
-        "n_runs": len(records),
-        "max_run_pk": max((r.pk for r in runs), default=0),
-    }
-    return records, snapshot
+
+
+def conditioned_runs(session: Session, pks: Sequence[int]) -> set[int]:
+    """Of these runs, those a policy that could stop them on their metrics decided."""
+    out: set[int] = set()
+    for start in range(0, len(pks), 500):
+        chunk = list(pks[start : start + 500])
+        out.update(
+            session.execute(
+                select(Checkpoint.run_pk)
+                .where(Checkpoint.run_pk.in_(chunk), Checkpoint.policy.in_(CONDITIONING_POLICIES))
+                .distinct()
+            ).scalars()
+        )
+    return out
 
 
 # --- scores and the split --------------------------------------------------------------------
@@ -313,6 +361,30 @@ def step_arrays(runs: Sequence[RunRecord], max_steps: int, inputs: Inputs = Inpu
             rows = with_context(rows, context, n_context(inputs.schema))
         x[i, :n] = rows
         y[i, :n] = encode_targets(history, run.final)
+        weight[i, :n] = 1.0
+    return Arrays(x, y, weight)
+
+
+def censored_arrays(runs: Sequence[RunRecord], max_steps: int, inputs: Inputs = Inputs()) -> Arrays:
+    """For causal models, the stopped runs: one padded sequence each, whose MQE target at
+    every step is an upper bound (the last MQE seen), the other targets unknown (0, unused:
+    training.train's loss reads only the bound of a censored sample)."""
+    runs = [r for r in runs if r.censored and r.history.shape[0] >= 1]
+    histories = [_thinned(r, max_steps) for r in runs]
+    length = max((h.shape[0] for h in histories), default=1)
+    x = np.full((len(runs), length, n_inputs(inputs.schema)), MASK_VALUE, dtype=np.float32)
+    y = np.zeros((len(runs), length, N_TARGETS), dtype=np.float32)
+    weight = np.zeros((len(runs), length), dtype=np.float32)
+    for i, (run, history) in enumerate(zip(runs, histories, strict=True)):
+        n = history.shape[0]
+        rows = encode_history(history)
+        if inputs.schema >= 2:
+            rows = with_context(rows, run.context, n_context(inputs.schema))
+        x[i, :n] = rows
+        bound = history[-1, 1:4]
+        if not np.isfinite(bound[0]):
+            continue  # a diverged map: no bound to learn from (the guard stops those)
+        y[i, :n, 0] = encode_targets(history, bound)[:, 0]
         weight[i, :n] = 1.0
     return Arrays(x, y, weight)
 

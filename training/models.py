@@ -124,3 +124,31 @@ def export_weights(model: keras.Model, spec: dict[str, Any]) -> dict[str, np.nda
     if missing:
         raise ValueError(f"export missed {sorted(missing)}")
     return {k: np.asarray(v) for k, v in weights.items()}
+
+
+def import_weights(
+    model: keras.Model, spec: dict[str, Any], weights: dict[str, np.ndarray]
+) -> None:
+    """Set a built model's arrays from `export_weights`' names (a bundle's weights): the
+    inverse of export, for a warm start from the active model."""
+    lstm = ("kernel", "recurrent_kernel", "bias")
+    for i, layer in enumerate(spec["layers"]):
+        keras_layer = model.get_layer(f"layer{i}")
+        kind = layer["kind"]
+        if kind == "dense":
+            keras_layer.set_weights([weights[f"{i}.kernel"], weights[f"{i}.bias"]])
+        elif kind == "lstm":
+            keras_layer.set_weights([weights[f"{i}.{w}"] for w in lstm])
+        elif kind == "bilstm":
+            for direction in ("forward", "backward"):
+                getattr(keras_layer, f"{direction}_layer").set_weights(
+                    [weights[f"{i}.{direction}.{w}"] for w in lstm]
+                )
+        elif kind == "attention":
+            for part in ("query", "key", "value", "output"):
+                dense = getattr(keras_layer, f"_{part}_dense")
+                dense.kernel.assign(weights[f"{i}.{part}.kernel"])
+                dense.bias.assign(weights[f"{i}.{part}.bias"])
+            model.get_layer(f"layer{i}_norm").set_weights(
+                [weights[f"{i}.norm.gamma"], weights[f"{i}.norm.beta"]]
+            )

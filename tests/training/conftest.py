@@ -85,12 +85,23 @@ def random_bundle(
     return artifact
 
 
-def store_runs(session: Session, runs: list[RunRecord], status: str) -> None:
-    """Finished (or other) runs with their checkpoints, as the service would have stored them."""
-    study = Study(study_id="s1", policy={})
-    session.add(study)
-    session.flush()
-    for seq, run in enumerate(runs, start=1):
+def store_runs(
+    session: Session,
+    runs: list[RunRecord],
+    status: str,
+    policy: str = "warmup",
+    study_id: str = "s1",
+) -> None:
+    """Finished (or other) runs with their checkpoints, as the service would have stored them,
+    every checkpoint decided by `policy`."""
+    study = session.query(Study).filter_by(study_id=study_id).one_or_none()
+    if study is None:
+        study = Study(study_id=study_id, policy={})
+        session.add(study)
+        session.flush()
+    seqs = session.query(Run).filter(Run.study_pk == study.pk, Run.reference_seq.is_not(None))
+    first = seqs.count() + 1
+    for seq, run in enumerate(runs, start=first):
         row = Run(
             run_id=run.run_id,
             study_pk=study.pk,
@@ -115,7 +126,7 @@ def store_runs(session: Session, runs: list[RunRecord], status: str) -> None:
                     topographic_error=None if np.isnan(t) else float(t),
                     dead_neuron_ratio=None if np.isnan(d) else float(d),
                     action="continue",
-                    policy="warmup",
+                    policy=policy,
                     reason="test",
                 )
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
@@ -114,3 +115,30 @@ def test_database_gives_finished_runs_only(database_url: str, runs: list[RunReco
         assert got.config == want.config and got.config is not None  # what the model reads
         np.testing.assert_array_equal(got.context, want.context)
     assert snapshot["n_runs"] == 12
+
+
+def test_stopped_runs_load_as_censored_and_decided_runs_as_biased(
+    database_url: str, runs: list[RunRecord]
+) -> None:
+    finished = [r for r in runs if r.trainable]
+    engine = create_engine(database_url)
+    partial = [
+        dataclasses.replace(r, epochs=r.epochs[:5], history=r.history[:5]) for r in finished[6:9]
+    ]
+    with Session(engine) as session, session.begin():
+        store_runs(session, finished[:4], "completed")  # warm-up decided them: unbiased
+        store_runs(session, finished[4:6], "completed", policy="oracle")  # survivors
+        store_runs(session, partial, "stopped", policy="oracle")
+    with Session(engine) as session:
+        plain, _ = load_database(session, max_runs=100)
+        loaded, snapshot = load_database(session, max_runs=100, censored=True)
+    engine.dispose()
+    assert [r.run_id for r in plain] == [r.run_id for r in finished[:6]]
+    assert [r.unbiased for r in plain] == [True] * 4 + [False] * 2
+    censored = [r for r in loaded if r.censored]
+    assert [r.run_id for r in censored] == [r.run_id for r in partial]
+    for got, want in zip(censored, partial, strict=True):
+        np.testing.assert_allclose(got.history, want.history)  # the history up to the stop
+        assert np.isnan(got.final).all() and not got.trainable and not got.unbiased
+    assert snapshot["n_runs"] == 6 and snapshot["n_censored"] == 3
+    assert snapshot["n_unbiased"] == 4

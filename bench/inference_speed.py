@@ -34,7 +34,7 @@ from training import models
 from training.config import TrainConfig
 
 WEIGHTS = (1.0, 1.0, 0.5)
-# A run as a worker describes it (the first run of the shared data).
+# A run as a worker describes it (the first run of data/minisom_runs.jsonl.gz).
 MAX_EPOCHS = 20
 CONFIG = {
     "x": 14,

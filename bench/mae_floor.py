@@ -5,7 +5,7 @@
 Measured as evaluate.py measures the model report's "score MAE at 20%" (0.26 for the LSTM, out
 of fold, in bench/RESULTS-model.md): score = final MQE / the data set's median final MQE + TE +
 0.5 x dead; truth and prediction capped at ERROR_CAP (10); runs = the finished ones (with a
-final: the runs marked `diverged` in the shared file have none and are left out, as there). The
+final: the runs marked `diverged` in the data file have none and are left out, as there). The
 second pair of columns also leaves out the finished runs whose final blew up to the cap. Each
 row predicts the final score from a run's history up to one checkpoint: at a progress p, the
 last checkpoint before the end with epoch / max_epochs <= p (the first one if none); the

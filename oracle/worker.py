@@ -14,7 +14,8 @@ import numpy as np
 log = logging.getLogger("oracle.worker")
 
 DATASETS = ("iris", "wine", "breast_cancer", "digits")
-CHECKPOINTS = 16  # as in the shared data: log-spaced, epoch 1 and the last always present
+# As in data/minisom_runs.jsonl.gz: log-spaced, epoch 1 and the last always present.
+CHECKPOINTS = 16
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,8 @@ class Outcome:
 
 
 def checkpoint_epochs(max_epochs: int, count: int = CHECKPOINTS) -> list[int]:
-    """The shared data's schedule: the first geometric grid from 1 to max_epochs whose rounded
-    epochs hold `count` distinct values (every epoch when there are fewer)."""
+    """The schedule of data/minisom_runs.jsonl.gz: the first geometric grid from 1 to max_epochs
+    whose rounded epochs hold `count` distinct values (every epoch when there are fewer)."""
     if max_epochs <= count:
         return list(range(1, max_epochs + 1))
     n = count

@@ -1,7 +1,7 @@
 """The wire shapes a worker reads back from the Oracle: a Decision and its predicted metrics.
 
-They mirror DESIGN.md's Decision but ignore fields they do not know, so a newer service does
-not break an older worker.
+They mirror the Decision of docs/api.md but ignore fields they do not know, so a newer service
+does not break an older worker.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ class Received:
 
 
 def contract_reply(request: Received) -> Reply:
-    """What DESIGN.md says the service answers to a well-formed call, with no policy at all:
+    """What docs/api.md says the service answers to a well-formed call, with no policy at all:
     enough for tests of the SDK's own bookkeeping. The service itself is tested for real."""
     parts = request.path.strip("/").split("/")
     if request.method == "PUT" and parts[:2] == ["v1", "runs"]:
